@@ -1,0 +1,413 @@
+"""Convert an ``nn.Module`` to a ParameterGraph by walking its ``torch.fx`` dataflow.
+
+The converter follows the traced graph, not module order, so residual additions and inputs shared by
+several layers are found. Every fx value that carries units is a :class:`Value`: the unit layer its
+channels belong to and its layout:
+
+* ``vector``: units on the last dim (``[B, n]`` or ``[B, T, n]``);
+* ``spatial``: units on dim 1 followed by ``nsp`` spatial dims (``[B, C, L]``, ``[B, C, H, W]``);
+* ``flat``: a flattened spatial map; a Linear reading it gets an exact H·W block per channel;
+* ``pending``: a graph input whose layout is decided by its first consumer.
+
+Handlers for further layers (e.g. attention, ``qegraph.convert.transformer``) are registered with
+:func:`register_module_handler`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+from qegraph.errors import QegraphError, UnsupportedOpError
+from qegraph.graph.arch import arch_from_module
+from qegraph.graph.builder import GraphBuilder, Scalars
+from qegraph.graph.parameter_graph import ParameterGraph
+from qegraph.graph.types import EdgeType, NodeType
+from qegraph.convert import ops
+
+
+@dataclass(frozen=True)
+class Value:
+    """An fx value that carries units."""
+
+    layer: int | None  # unit layer id; None while a graph input is pending
+    layout: str  # "vector" | "spatial" | "flat" | "pending"
+    nsp: int = 0  # number of spatial dims (spatial layout)
+    exclusive: bool = False  # the unit layer feeds nothing but this value's chain
+    placeholder: str | None = None
+
+
+class Opaque:
+    """A non-unit value (a shape, an int from ``size()``)."""
+
+
+ModuleHandler = Callable[["FxConverter", fx.Node, nn.Module, list[Any]], Any]
+_MODULE_HANDLERS: dict[type[nn.Module], ModuleHandler] = {}
+
+
+def register_module_handler(cls: type[nn.Module]) -> Callable[[ModuleHandler], ModuleHandler]:
+    """Decorator: ``handler(conv, node, module, args) -> Value`` converts calls of ``cls``."""
+
+    def deco(fn: ModuleHandler) -> ModuleHandler:
+        _MODULE_HANDLERS[cls] = fn
+        return fn
+
+    return deco
+
+
+class FxConverter:
+    """One conversion: trace, walk the fx graph, fill a :class:`GraphBuilder`."""
+
+    def __init__(self, module: nn.Module, name: str | None = None) -> None:
+        self.module = module
+        self.name = name or type(module).__name__
+        self.b = GraphBuilder()
+        self.sd = module.state_dict()
+        self.inputs: dict[str, int] = {}  # placeholder name → unit layer
+        self.called: set[str] = set()
+        self.node: fx.Node | None = None
+        self.input_layouts: dict[str, tuple[str, int]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def where(self) -> str:
+        n = self.node
+        if n is None:
+            return self.name
+        stack = n.meta.get("nn_module_stack") or {}
+        path = next(reversed(stack.values()))[0] if stack else ""
+        return f"{self.name}{'.' + path if path else ''} (fx node {n.name!r})"
+
+    def fail(self, msg: str) -> UnsupportedOpError:
+        return UnsupportedOpError(f"{self.where()}: {msg}")
+
+    def depth(self, layer: int) -> int:
+        return self.b.layers[layer].depth
+
+    def exclusive(self) -> bool:
+        return self.node is not None and len(self.node.users) == 1
+
+    def units(self, v: Any, n: int, layout: str, nsp: int = 0) -> Value:
+        """Resolve ``v`` to a Value with ``n`` units in ``layout``, creating a graph input if pending."""
+        if not isinstance(v, Value):
+            raise self.fail(f"expected a tensor input, got {type(v).__name__}")
+        if v.layout == "pending":
+            assert v.placeholder is not None
+            layer = self.inputs.get(v.placeholder)
+            if layer is None:
+                layer = self.b.add_units(v.placeholder, n, NodeType.INPUT, 0, fixed=True)
+                self.inputs[v.placeholder] = layer
+                self.input_layouts[v.placeholder] = (layout, nsp)
+            elif self.input_layouts[v.placeholder] != (layout, nsp) or self.b.layers[layer].n != n:
+                raise self.fail(f"input {v.placeholder!r} is read with two different layouts or sizes")
+            return Value(layer, layout, nsp, exclusive=False)
+        have = self.b.layers[v.layer].n if v.layer is not None else None
+        if layout == "spatial" and (v.layout != "spatial" or v.nsp != nsp):
+            raise self.fail(f"expected a {nsp}-d spatial feature map, got a {v.layout} value")
+        if layout == "vector" and v.layout not in ("vector",):
+            raise self.fail(f"expected features on the last dim, got a {v.layout} value")
+        if have != n:
+            raise self.fail(f"expected {n} input units, the incoming value has {have}")
+        return v
+
+    def param(self, module_path: str, name: str) -> tuple[str, Any]:
+        key = f"{module_path}.{name}" if module_path else name
+        return key, self.sd[key]
+
+    # ------------------------------------------------------------------ walk
+    def run(self, arch: dict[str, Any] | None, *, allow_nonfinite: bool, num_slots: int | None) -> ParameterGraph:
+        try:
+            gm = fx.symbolic_trace(self.module)
+        except Exception as e:  # tracing errors come in many types (TraceError, TypeError, …)
+            raise UnsupportedOpError(
+                f"{self.name}: forward cannot be traced with torch.fx ({type(e).__name__}: {e}); "
+                "data-dependent control flow is not supported"
+            ) from None
+        env: dict[fx.Node, Any] = {}
+        for node in gm.graph.nodes:
+            self.node = node
+            args = fx.node.map_arg(node.args, lambda a: env[a])
+            kwargs = fx.node.map_arg(node.kwargs, lambda a: env[a])
+            if node.op == "placeholder":
+                env[node] = Value(None, "pending", placeholder=node.target)
+            elif node.op == "call_module":
+                env[node] = self.call_module(node, args, kwargs)
+            elif node.op in ("call_function", "call_method"):
+                env[node] = self.call_function(node.target, args, kwargs)
+            elif node.op == "get_attr":
+                raise self.fail(f"direct use of parameter/buffer {node.target!r} in forward is not supported; "
+                                "use it through a module such as nn.Linear")
+            elif node.op == "output":
+                self.mark_outputs(args[0])
+        self.node = None
+        return self.b.build(arch, list(self.sd), allow_nonfinite=allow_nonfinite, num_slots=num_slots, source=self.name)
+
+    def mark_outputs(self, out: Any) -> None:
+        if isinstance(out, Value):
+            if out.layer is None:
+                raise self.fail("a graph input is returned unchanged; there is nothing to convert")
+            self.b.fix(out.layer, NodeType.OUTPUT if self.b.layers[out.layer].node_type != NodeType.INPUT else None)
+        elif isinstance(out, (tuple, list)):
+            for o in out:
+                self.mark_outputs(o)
+        elif isinstance(out, dict):
+            for o in out.values():
+                self.mark_outputs(o)
+
+    def call_module(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+        path = str(node.target)
+        mod = self.module.get_submodule(path)
+        if any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
+            if path in self.called:
+                raise self.fail(f"module {path!r} is called more than once (weight sharing is not supported)")
+            self.called.add(path)
+        cls = type(mod)
+        handler = next((h for c, h in _MODULE_HANDLERS.items() if cls is c), None)
+        if handler is None:
+            handler = next((h for c, h in _MODULE_HANDLERS.items() if isinstance(mod, c)), None)
+        if handler is not None:
+            return handler(self, node, mod, list(args))
+        x = args[0] if args else None
+        if cls in ops.ELEMENTWISE_MODULES:
+            return self.elementwise(x, ops.ELEMENTWISE_MODULES[cls])
+        if cls in ops.POOL_MODULES:
+            nsp, sc = ops.POOL_MODULES[cls]
+            return self.pool(x, nsp, sc)
+        if isinstance(mod, nn.Flatten):
+            return self.flatten(x, mod.start_dim, mod.end_dim)
+        raise self.fail(f"unsupported module {path!r} ({cls.__module__}.{cls.__qualname__})")
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        name = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+        x = args[0] if args else kwargs.get("input")
+        if target in ops.SHAPE_FUNCTIONS or (target is getattr and args[1] in ("shape", "dtype", "device")):
+            return Opaque()
+        if not any(isinstance(a, Value) for a in (*args, *kwargs.values())):
+            return Opaque()  # arithmetic on shapes and constants
+        if target in ops.ELEMENTWISE_FUNCTIONS:
+            return self.elementwise(x, ops.ELEMENTWISE_FUNCTIONS[target])
+        if target in ops.ADD_FUNCTIONS:
+            return self.add(args[0], args[1])
+        if target in ops.MUL_FUNCTIONS:
+            a, c = args[0], args[1]
+            if isinstance(a, Value) and isinstance(c, numbers.Number) and c != 0:
+                return self.elementwise(a, Scalars.ALL)
+            if isinstance(c, Value) and isinstance(a, numbers.Number) and a != 0 and target in (operator.mul, "mul"):
+                return self.elementwise(c, Scalars.ALL)
+            raise self.fail(f"op {name!r} is supported only as multiplication/division by a nonzero constant")
+        if target in ops.POOL_FUNCTIONS:
+            nsp, sc = ops.POOL_FUNCTIONS[target]
+            return self.pool(x, nsp, sc)
+        if target in ops.FLATTEN_FUNCTIONS:
+            start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+            end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
+            return self.flatten(x, start, end)
+        if target in ops.RESHAPE_FUNCTIONS:
+            shape = args[1:] if len(args) > 1 else kwargs.get("shape", ())
+            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+                shape = tuple(shape[0])
+            if len(shape) == 2 and shape[1] == -1:
+                return self.flatten(x, 1, -1)
+            raise self.fail(f"{name}() is supported only as a flatten, x.{name}(x.size(0), -1)")
+        if target in ops.REDUCE_FUNCTIONS:
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+            return self.reduce_spatial(x, dims, bool(keep), ops.REDUCE_FUNCTIONS[target], name)
+        if target in ops.SQUEEZE_FUNCTIONS:
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            return self.reduce_spatial(x, dims, False, Scalars.ALL, name)
+        raise self.fail(f"unsupported op {name!r}")
+
+    # ------------------------------------------------------------------ generic ops
+    def elementwise(self, v: Any, scalars: Scalars) -> Value:
+        if not isinstance(v, Value):
+            raise self.fail("expected a tensor")
+        if v.layer is not None:
+            self.b.constrain(v.layer, scalars)
+            return replace(v, exclusive=v.exclusive and self.exclusive())
+        return v  # ops on a pending input: the input is fixed anyway
+
+    def pool(self, v: Any, nsp: int, scalars: Scalars) -> Value:
+        if not isinstance(v, Value) or v.layout != "spatial" or v.nsp != nsp:
+            raise self.fail(f"{nsp}-d pooling needs a {nsp}-d spatial feature map coming from a conv layer")
+        return self.elementwise(v, scalars)
+
+    def flatten(self, v: Any, start: int, end: int) -> Value:
+        if not isinstance(v, Value):
+            raise self.fail("expected a tensor")
+        if v.layout == "pending":
+            return v  # an MLP on images: the consumer decides the input units
+        if start != 1 or end != -1:
+            raise self.fail(f"flatten(start_dim={start}, end_dim={end}) is supported only from dim 1 to the end")
+        if v.layout == "spatial":
+            return replace(v, layout="flat", nsp=0, exclusive=v.exclusive and self.exclusive())
+        if v.layout == "vector":
+            return v
+        raise self.fail("flattening an already flattened map")
+
+    def reduce_spatial(self, v: Any, dims: Any, keepdim: bool, scalars: Scalars, name: str) -> Value:
+        if not isinstance(v, Value) or v.layout != "spatial":
+            raise self.fail(f"{name}() is supported only over the spatial dims of a conv feature map")
+        nd = v.nsp + 2
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        norm = sorted(d % nd for d in dims)
+        if not norm or norm[0] < 2:
+            raise self.fail(f"{name}() over dims {dims} mixes units; only spatial dims (≥ 2) may be reduced")
+        self.elementwise(v, scalars)
+        nsp = v.nsp if keepdim else v.nsp - len(norm)
+        layout = "spatial" if nsp > 0 else "vector"
+        return replace(v, layout=layout, nsp=nsp, exclusive=v.exclusive and self.exclusive())
+
+    def add(self, a: Any, c: Any) -> Value:
+        if isinstance(a, Value) and isinstance(c, numbers.Number):
+            return self.elementwise(a, Scalars.ONE if c != 0 else Scalars.ALL)
+        if isinstance(c, Value) and isinstance(a, numbers.Number):
+            return self.elementwise(c, Scalars.ONE if a != 0 else Scalars.ALL)
+        if not (isinstance(a, Value) and isinstance(c, Value)):
+            raise self.fail("addition is supported between two unit-carrying tensors or with a constant")
+        if a.layout == "pending" or c.layout == "pending":
+            other = c if a.layout == "pending" else a
+            if other.layout == "pending" or other.layer is None:
+                raise self.fail("adding two raw inputs is not supported")
+            n = self.b.layers[other.layer].n
+            ph = a if a.layout == "pending" else c
+            resolved = self.units(ph, n, other.layout, other.nsp)
+            a, c = (resolved, c) if a.layout == "pending" else (a, resolved)
+        if (a.layout, a.nsp) != (c.layout, c.nsp):
+            raise self.fail(f"residual addition of a {a.layout} and a {c.layout} value")
+        na, nc = self.b.layers[a.layer].n, self.b.layers[c.layer].n
+        if na != nc:
+            raise self.fail(f"residual addition of {na} and {nc} units")
+        depth = max(self.depth(a.layer), self.depth(c.layer)) + 1
+        s = self.b.add_units(f"{self.node.name}", na, NodeType.RESIDUAL, depth)
+        for src in (a.layer, c.layer):
+            self.b.add_edges(src, s, EdgeType.RESIDUAL, "diag", width=0)
+            self.b.tie(src, s)
+        return Value(s, a.layout, a.nsp, exclusive=self.exclusive())
+
+    def norm_target(self, v: Value, n: int, name: str) -> int:
+        """The unit layer that receives a norm's parameters: in place when free, else a new layer."""
+        lay = self.b.layers[v.layer]
+        if v.exclusive and not lay.norm_used:
+            lay.norm_used = True
+            target = v.layer
+        else:
+            target = self.b.add_units(name, n, NodeType.NORM, lay.depth + 1)
+            self.b.add_edges(v.layer, target, EdgeType.NORM, "diag", width=0)
+            self.b.tie(v.layer, target)
+            self.b.layers[target].norm_used = True
+        self.b.constrain(target, Scalars.ONE)
+        return target
+
+
+# ---------------------------------------------------------------------- layer handlers
+@register_module_handler(nn.Linear)
+def _linear(cv: FxConverter, node: fx.Node, mod: nn.Linear, args: list) -> Value:
+    path = str(node.target)
+    v = args[0]
+    if isinstance(v, Value) and v.layout == "flat":
+        src = v.layer
+        c = cv.b.layers[src].n
+        if mod.in_features % c:
+            raise cv.fail(f"Linear({mod.in_features}, …) reads a flattened map of {c} channels; "
+                          f"{mod.in_features} is not a multiple of {c}")
+        hw = mod.in_features // c
+        etype = EdgeType.LINEAR if hw == 1 else EdgeType.FLATTEN
+    else:
+        src = cv.units(v, mod.in_features, "vector").layer
+        hw, etype = 1, EdgeType.LINEAR
+    dst = cv.b.add_units(path, mod.out_features, NodeType.HIDDEN, cv.depth(src) + 1)
+    block = cv.b.add_edges(src, dst, etype, "dense", width=hw)
+    cv.b.place_edges(*cv.param(path, "weight"), block)
+    if mod.bias is not None:
+        cv.b.place_nodes(*cv.param(path, "bias"), dst, "bias")
+    return Value(dst, "vector", exclusive=cv.exclusive())
+
+
+def _conv(cv: FxConverter, node: fx.Node, mod: nn.Conv1d | nn.Conv2d, args: list) -> Value:
+    path = str(node.target)
+    if mod.groups != 1:
+        raise cv.fail(f"grouped/depthwise convolution (groups={mod.groups}) is not supported")
+    nsp = len(mod.kernel_size)
+    src = cv.units(args[0], mod.in_channels, "spatial", nsp).layer
+    dst = cv.b.add_units(path, mod.out_channels, NodeType.HIDDEN, cv.depth(src) + 1)
+    block = cv.b.add_edges(src, dst, EdgeType.CONV, "dense", width=math.prod(mod.kernel_size))
+    cv.b.place_edges(*cv.param(path, "weight"), block)
+    if mod.bias is not None:
+        cv.b.place_nodes(*cv.param(path, "bias"), dst, "bias")
+    return Value(dst, "spatial", nsp, exclusive=cv.exclusive())
+
+
+register_module_handler(nn.Conv1d)(_conv)
+register_module_handler(nn.Conv2d)(_conv)
+
+
+def _batchnorm(cv: FxConverter, node: fx.Node, mod: nn.modules.batchnorm._BatchNorm, args: list) -> Value:
+    path = str(node.target)
+    v = args[0]
+    if isinstance(v, Value) and v.layout == "pending":
+        v = cv.units(v, mod.num_features, *(("vector", 0) if isinstance(mod, nn.BatchNorm1d) else ("spatial", 2)))
+    if not isinstance(v, Value) or v.layout == "flat":
+        raise cv.fail("BatchNorm needs channels on dim 1")
+    if isinstance(mod, nn.BatchNorm2d) and (v.layout, v.nsp) != ("spatial", 2):
+        raise cv.fail("BatchNorm2d needs a 2-d feature map")
+    if isinstance(mod, nn.BatchNorm1d) and not (v.layout == "vector" or (v.layout, v.nsp) == ("spatial", 1)):
+        raise cv.fail("BatchNorm1d needs [B, C] or [B, C, L] input")
+    n = cv.b.layers[v.layer].n
+    if n != mod.num_features:
+        raise cv.fail(f"BatchNorm over {mod.num_features} features applied to {n} units")
+    target = cv.norm_target(v, n, path)
+    for name, slot in (("weight", "norm_weight"), ("bias", "norm_bias"), ("running_mean", "running_mean"),
+                       ("running_var", "running_var")):
+        if getattr(mod, name, None) is not None:
+            cv.b.place_nodes(*cv.param(path, name), target, slot)
+    if getattr(mod, "num_batches_tracked", None) is not None:
+        cv.b.place_aux(*cv.param(path, "num_batches_tracked"))
+    return replace(v, layer=target, exclusive=cv.exclusive())
+
+
+register_module_handler(nn.BatchNorm1d)(_batchnorm)
+register_module_handler(nn.BatchNorm2d)(_batchnorm)
+
+
+@register_module_handler(nn.LayerNorm)
+def _layernorm(cv: FxConverter, node: fx.Node, mod: nn.LayerNorm, args: list) -> Value:
+    path = str(node.target)
+    if len(mod.normalized_shape) != 1:
+        raise cv.fail(f"LayerNorm over shape {tuple(mod.normalized_shape)} is supported only over the last dim")
+    n = mod.normalized_shape[0]
+    v = cv.units(args[0], n, "vector")
+    target = cv.norm_target(v, n, path)
+    if mod.weight is not None:
+        cv.b.place_nodes(*cv.param(path, "weight"), target, "norm_weight")
+    if mod.bias is not None:
+        cv.b.place_nodes(*cv.param(path, "bias"), target, "norm_bias")
+    return replace(v, layer=target, exclusive=cv.exclusive())
+
+
+# ---------------------------------------------------------------------- entry point
+def to_graph(
+    module: nn.Module,
+    *,
+    arch: dict[str, Any] | None = None,
+    allow_nonfinite: bool = False,
+    num_slots: int | None = None,
+    name: str | None = None,
+) -> ParameterGraph:
+    """Convert ``module`` to a :class:`ParameterGraph` (parameters and buffers, exact inverse).
+
+    ``arch``: the architecture record to store (default: derived from the module, see
+    ``qegraph.graph.arch``). ``num_slots``: pad edge features to this many slots. Raises
+    :class:`~qegraph.errors.UnsupportedOpError` naming the module path and op for anything the
+    converter does not understand.
+    """
+    if not isinstance(module, nn.Module):
+        raise QegraphError(f"to_graph() expects an nn.Module, got {type(module).__name__}")
+    rec = arch if arch is not None else arch_from_module(module)
+    return FxConverter(module, name=name).run(rec, allow_nonfinite=allow_nonfinite, num_slots=num_slots)
