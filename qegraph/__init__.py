@@ -1,14 +1,18 @@
 """qegraph: parameter graphs of neural networks and quasi-equivariant graph metanetworks."""
 
 from qegraph.convert import to_graph
+from qegraph.convert.bert import bert_to_graph
+from qegraph.convert.checkpoint import convert, load_checkpoint
 from qegraph.errors import QegraphError
-from qegraph.graph import EdgeType, NodeType, ParameterGraph, SymKind, pad_to_common_slots
+from qegraph.graph.io import load_graph, save_graph
+from qegraph.graph import EdgeType, GLRole, NodeType, ParameterGraph, SymKind, pad_to_common_slots
 from qegraph.modules import ChainMLP, Sine
 from qegraph.symmetry import GroupElement, SymmetryGroup, symmetry_group
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChainMLP", "EdgeType", "GroupElement", "NodeType", "ParameterGraph", "QegraphError", "Sine",
-    "SymKind", "SymmetryGroup", "pad_to_common_slots", "symmetry_group", "to_graph",
+    "ChainMLP", "EdgeType", "GLRole", "GroupElement", "NodeType", "ParameterGraph", "QegraphError", "Sine",
+    "SymKind", "SymmetryGroup", "bert_to_graph", "convert", "load_checkpoint", "load_graph", "pad_to_common_slots", "save_graph",
+    "symmetry_group", "to_graph",
 ]

@@ -9,12 +9,18 @@ channels belong to and its layout:
 * ``flat``: a flattened spatial map; a Linear reading it gets an exact H·W block per channel;
 * ``pending``: a graph input whose layout is decided by its first consumer.
 
+A ``vector`` value of a token sequence records its token dim (``seq_dim``), so that pooling over
+tokens and selecting a token are recognised. Parameters read directly in forward (``get_attr``:
+positional embeddings, a cls token) are :class:`ParamRef` values; adding one to tokens or
+concatenating it along the token dim makes it an embedding table (``qegraph.graph.extras``).
+
 Handlers for further layers (e.g. attention, ``qegraph.convert.transformer``) are registered with
 :func:`register_module_handler`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import operator
@@ -22,12 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 import torch.fx as fx
-from torch import nn
+from torch import Tensor, nn
 
 from qegraph.errors import QegraphError, UnsupportedOpError
 from qegraph.graph.arch import arch_from_module
 from qegraph.graph.builder import GraphBuilder, Scalars
+from qegraph.graph.extras import GraphExtras
 from qegraph.graph.parameter_graph import ParameterGraph
 from qegraph.graph.types import EdgeType, NodeType
 from qegraph.convert import ops
@@ -42,6 +50,15 @@ class Value:
     nsp: int = 0  # number of spatial dims (spatial layout)
     exclusive: bool = False  # the unit layer feeds nothing but this value's chain
     placeholder: str | None = None
+    seq_dim: int | None = None  # token dim of a vector value [B, T, n] / [T, B, n], when known
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A parameter read directly in forward (fx ``get_attr``), e.g. a positional embedding."""
+
+    key: str
+    tensor: Tensor
 
 
 class Opaque:
@@ -69,6 +86,7 @@ class FxConverter:
         self.module = module
         self.name = name or type(module).__name__
         self.b = GraphBuilder()
+        self.extras = GraphExtras()
         self.sd = module.state_dict()
         self.inputs: dict[str, int] = {}  # placeholder name → unit layer
         self.called: set[str] = set()
@@ -123,14 +141,14 @@ class FxConverter:
     # ------------------------------------------------------------------ walk
     def run(self, arch: dict[str, Any] | None, *, allow_nonfinite: bool, num_slots: int | None) -> ParameterGraph:
         try:
-            gm = fx.symbolic_trace(self.module)
+            traced = self.trace()
         except Exception as e:  # tracing errors come in many types (TraceError, TypeError, …)
             raise UnsupportedOpError(
                 f"{self.name}: forward cannot be traced with torch.fx ({type(e).__name__}: {e}); "
                 "data-dependent control flow is not supported"
             ) from None
         env: dict[fx.Node, Any] = {}
-        for node in gm.graph.nodes:
+        for node in traced.nodes:
             self.node = node
             args = fx.node.map_arg(node.args, lambda a: env[a])
             kwargs = fx.node.map_arg(node.kwargs, lambda a: env[a])
@@ -141,12 +159,35 @@ class FxConverter:
             elif node.op in ("call_function", "call_method"):
                 env[node] = self.call_function(node.target, args, kwargs)
             elif node.op == "get_attr":
-                raise self.fail(f"direct use of parameter/buffer {node.target!r} in forward is not supported; "
-                                "use it through a module such as nn.Linear")
+                env[node] = self.get_attr(str(node.target))
             elif node.op == "output":
                 self.mark_outputs(args[0])
         self.node = None
-        return self.b.build(arch, list(self.sd), allow_nonfinite=allow_nonfinite, num_slots=num_slots, source=self.name)
+        keys = list(self.sd)
+        placed = self.extras.keys
+        graph = self.b.build(arch, [k for k in keys if k not in placed], allow_nonfinite=allow_nonfinite,
+                             num_slots=num_slots, source=self.name)
+        return self.extras.finalize(self.b, graph, keys, allow_nonfinite=allow_nonfinite, source=self.name)
+
+    def trace(self) -> fx.Graph:
+        """The module's fx graph. A module that is itself a registered leaf (a bare ``nn.Linear`` or
+        ``nn.TransformerEncoder``) becomes one call of it on its forward's required arguments."""
+        if self.handler(self.module) is None:
+            return fx.symbolic_trace(self.module).graph
+        graph = fx.Graph()
+        sig = inspect.signature(self.module.forward)
+        names = [n for n, p in sig.parameters.items()
+                 if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        graph.output(graph.call_module("", tuple(graph.placeholder(n) for n in names)))
+        return graph
+
+    @staticmethod
+    def handler(mod: nn.Module) -> ModuleHandler | None:
+        cls = type(mod)
+        handler = next((h for c, h in _MODULE_HANDLERS.items() if cls is c), None)
+        if handler is None:
+            handler = next((h for c, h in _MODULE_HANDLERS.items() if isinstance(mod, c)), None)
+        return handler
 
     def mark_outputs(self, out: Any) -> None:
         if isinstance(out, Value):
@@ -168,9 +209,7 @@ class FxConverter:
                 raise self.fail(f"module {path!r} is called more than once (weight sharing is not supported)")
             self.called.add(path)
         cls = type(mod)
-        handler = next((h for c, h in _MODULE_HANDLERS.items() if cls is c), None)
-        if handler is None:
-            handler = next((h for c, h in _MODULE_HANDLERS.items() if isinstance(mod, c)), None)
+        handler = self.handler(mod)
         if handler is not None:
             return handler(self, node, mod, list(args))
         x = args[0] if args else None
@@ -185,6 +224,9 @@ class FxConverter:
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
         name = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+        seq = self.sequence_op(target, name, args, kwargs)
+        if seq is not NotImplemented:
+            return seq
         x = args[0] if args else kwargs.get("input")
         if target in ops.SHAPE_FUNCTIONS or (target is getattr and args[1] in ("shape", "dtype", "device")):
             return Opaque()
@@ -243,6 +285,9 @@ class FxConverter:
             raise self.fail("expected a tensor")
         if v.layout == "pending":
             return v  # an MLP on images: the consumer decides the input units
+        if v.layout == "spatial" and start % (v.nsp + 2) >= 2:  # merge spatial dims (ViT patches → tokens)
+            nd = v.nsp + 2
+            return replace(v, nsp=v.nsp - (end % nd - start % nd), exclusive=v.exclusive and self.exclusive())
         if start != 1 or end != -1:
             raise self.fail(f"flatten(start_dim={start}, end_dim={end}) is supported only from dim 1 to the end")
         if v.layout == "spatial":
@@ -304,6 +349,107 @@ class FxConverter:
             self.b.layers[target].norm_used = True
         self.b.constrain(target, Scalars.ONE)
         return target
+
+
+    # ------------------------------------------------------------------ token sequences (issue 3)
+    def get_attr(self, target: str) -> ParamRef:
+        if target not in self.sd:
+            raise self.fail(f"{target!r} is read in forward but is not in the state_dict (non-persistent buffer?)")
+        return ParamRef(target, self.sd[target])
+
+    def sequence_op(self, target: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        """Ops on token sequences and directly used parameters; ``NotImplemented`` for other ops.
+
+        * ``getitem`` on a tuple (``mha(x, x, x)[0]``) or selecting one token ``x[:, 0]`` / ``x[0]``;
+        * ``transpose`` / ``permute``: ``[B, C, T]`` ↔ ``[B, T, C]`` and swapping batch and token dims;
+        * ``mean`` / ``sum`` over the token dim (pooling tokens: every λ commutes);
+        * ``cat`` of a parameter (cls token) with tokens along the token dim, ``tokens + parameter``:
+          the parameter becomes an embedding table of the tokens' units (its columns move with them);
+        * ``expand`` / ``repeat`` / ``expand_as`` of a parameter (broadcasting a cls token).
+        """
+        x = args[0] if args else None
+        if target is operator.getitem and isinstance(x, (tuple, list)):
+            return x[args[1]]
+        if isinstance(x, ParamRef) and target in ("expand", "repeat", "expand_as"):
+            return x
+        if target in (torch.cat, torch.concat, "cat"):
+            parts = list(args[0] if args else kwargs["tensors"])
+            if not any(isinstance(a, (Value, ParamRef)) for a in parts):
+                return NotImplemented
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            return self.cat_tokens(parts, dim)
+        if target in ops.ADD_FUNCTIONS and len(args) == 2 and any(isinstance(a, ParamRef) for a in args):
+            if target in (operator.sub, torch.sub, "sub"):
+                raise self.fail("subtracting a parameter from tokens is not supported (add it instead)")
+            v, p = (args[0], args[1]) if isinstance(args[1], ParamRef) else (args[1], args[0])
+            return self.add_table(v, p)
+        if isinstance(x, Value) and x.layout == "vector" and x.seq_dim is not None:
+            if target is operator.getitem:
+                return self.select_token(x, args[1])
+            if target in ("mean", torch.mean, "sum", torch.sum):
+                dim = args[1] if len(args) > 1 else kwargs.get("dim")
+                keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+                if not keep and isinstance(dim, int) and dim % 3 == x.seq_dim:
+                    return replace(self.elementwise(x, Scalars.ALL), seq_dim=None)
+        if isinstance(x, Value) and target in ("transpose", torch.transpose, "permute", torch.permute):
+            dims = args[1:] if len(args) > 1 else tuple(kwargs.values())
+            if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+                dims = tuple(dims[0])
+            return self.transpose(x, tuple(dims), name)
+        if any(isinstance(a, ParamRef) for a in (*args, *kwargs.values())):
+            p = next(a for a in (*args, *kwargs.values()) if isinstance(a, ParamRef))
+            raise self.fail(f"parameter {p.key!r} is used by op {name!r}; a parameter read in forward is supported "
+                            "only when added to tokens or concatenated along the token dim (cls token)")
+        return NotImplemented
+
+    def transpose(self, v: Value, dims: tuple, name: str) -> Value:
+        """``[B, C, T]`` → ``[B, T, C]`` (spatial with one spatial dim → tokens), back, and [B,T,C] ↔ [T,B,C]."""
+        if not ((v.layout == "spatial" and v.nsp == 1) or (v.layout == "vector" and v.seq_dim is not None)):
+            raise self.fail(f"{name}() is supported only on 3-d token tensors ([B, C, T], [B, T, C] or [T, B, C])")
+        if len(dims) == 3 and name == "permute":
+            swap = [i for i in range(3) if dims[i] != i]
+            if sorted(dims) != [0, 1, 2] or len(swap) not in (0, 2):
+                raise self.fail(f"permute{dims} is supported only as a swap of two dims")
+            dims = tuple(swap) if swap else (0, 0)
+        if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
+            raise self.fail(f"{name}{dims} is supported only as a swap of two dims of a 3-d tensor")
+        pair = tuple(sorted(d % 3 for d in dims))
+        ex = v.exclusive and self.exclusive()
+        if pair == (0, 0):
+            return replace(v, exclusive=ex)
+        if v.layout == "spatial" and v.nsp == 1 and pair == (1, 2):
+            return replace(v, layout="vector", nsp=0, seq_dim=1, exclusive=ex)
+        if v.layout == "vector" and v.seq_dim == 1 and pair == (1, 2):
+            return replace(v, layout="spatial", nsp=1, seq_dim=None, exclusive=ex)
+        if v.layout == "vector" and v.seq_dim is not None and pair == (0, 1):
+            return replace(v, seq_dim=1 - v.seq_dim, exclusive=ex)
+        raise self.fail(f"{name}{dims} of a {v.layout} value would move its units off their dim")
+
+    def select_token(self, v: Value, index: Any) -> Value:
+        """``x[:, i]`` (batch first) or ``x[i]`` (tokens first): one token, units stay on the last dim."""
+        idx = index if isinstance(index, tuple) else (index,)
+        full = slice(None)
+        if (len(idx) == v.seq_dim + 1 and isinstance(idx[-1], int) and all(i == full for i in idx[:-1])):
+            return replace(self.elementwise(v, Scalars.ALL), seq_dim=None)
+        raise self.fail(f"indexing tokens with {index!r} is supported only as selecting one token on dim {v.seq_dim}")
+
+    def add_table(self, v: Any, p: ParamRef) -> Value:
+        if not isinstance(v, Value) or v.layer is None or v.layout != "vector":
+            raise self.fail(f"parameter {p.key!r} is added to something other than a token sequence")
+        self.extras.add_table(self.b, p.key, p.tensor, v.layer, self.depth(v.layer))
+        return replace(v, exclusive=v.exclusive and self.exclusive())
+
+    def cat_tokens(self, parts: list[Any], dim: Any) -> Value:
+        values = [a for a in parts if isinstance(a, Value)]
+        params = [a for a in parts if isinstance(a, ParamRef)]
+        if len(values) != 1 or len(values) + len(params) != len(parts) or not isinstance(dim, int):
+            raise self.fail("cat() is supported only to prepend/append parameters (cls tokens) to one token sequence")
+        v = values[0]
+        if v.layout != "vector" or v.seq_dim is None or dim % 3 != v.seq_dim:
+            raise self.fail(f"cat(dim={dim}) is supported only along the token dim of a token sequence")
+        for p in params:
+            self.extras.add_table(self.b, p.key, p.tensor, v.layer, self.depth(v.layer))
+        return replace(v, exclusive=v.exclusive and self.exclusive())
 
 
 # ---------------------------------------------------------------------- layer handlers

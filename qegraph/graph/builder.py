@@ -26,10 +26,18 @@ import torch
 from torch import Tensor
 
 from qegraph.errors import NonFiniteError, QegraphError
-from qegraph.graph.parameter_graph import ParameterGraph
+from qegraph.graph.parameter_graph import GraphMeta, ParameterGraph, fill_edge_index
 from qegraph.graph.types import NODE_SLOTS, EdgeType, NodeType, SymKind
 
 FORMAT_VERSION = 1
+
+
+def _all_finite(t: Tensor) -> bool:
+    """True if ``t`` has no NaN/inf (min/max propagate NaN; no full-size temporary)."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.detach().reshape(-1))
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
 class Scalars(IntFlag):
@@ -177,7 +185,7 @@ class GraphBuilder:
 
         floats = [p.tensor for p in self.placements if p.tensor.is_floating_point()]
         for p in self.placements:
-            if p.tensor.is_floating_point() and not allow_nonfinite and not bool(torch.isfinite(p.tensor).all()):
+            if p.tensor.is_floating_point() and not allow_nonfinite and not _all_finite(p.tensor):
                 raise NonFiniteError(
                     f"{source}: parameter {p.key!r} contains NaN or inf values "
                     "(pass --allow-nonfinite / allow_nonfinite=True to convert anyway)"
@@ -198,19 +206,17 @@ class GraphBuilder:
         n, e = self._num_nodes, self._num_edges
         x = torch.zeros(n, len(NODE_SLOTS), dtype=dtype)
         x_mask = torch.zeros(n, len(NODE_SLOTS), dtype=torch.bool)
-        edge_attr = torch.zeros(e, s, dtype=dtype)
+        edge_attr = torch.empty(e, s, dtype=dtype)  # every block's slots are written below
         edge_index = torch.empty(2, e, dtype=torch.long)
         aux_int = torch.empty(self._num_aux, dtype=torch.long)
 
         for b in self.blocks:
             src, dst = self.layers[b.src], self.layers[b.dst]
-            ei = edge_index[:, b.start : b.start + b.size]
-            if b.pattern == "dense":
-                ei[0].view(dst.n, src.n).copy_(torch.arange(src.start, src.start + src.n).unsqueeze(0))
-                ei[1].view(dst.n, src.n).copy_(torch.arange(dst.start, dst.start + dst.n).unsqueeze(1))
-            else:
-                torch.arange(src.start, src.start + src.n, out=ei[0])
-                torch.arange(dst.start, dst.start + dst.n, out=ei[1])
+            fill_edge_index(edge_index[:, b.start : b.start + b.size], src.start, src.n, dst.start, dst.n,
+                            b.pattern == "dense")
+            edge_attr[b.start : b.start + b.size, b.width :].zero_()
+            if not any(p.table == "edge_attr" and p.start == b.start for p in self.placements):
+                edge_attr[b.start : b.start + b.size, : b.width].zero_()
 
         params = []
         for p in self.placements:
@@ -284,5 +290,5 @@ class GraphBuilder:
             sym_kind=sym_kind,
             sym_size=torch.tensor(g_size, dtype=torch.long),
             aux_int=aux_int,
-            meta=meta,
+            meta=GraphMeta(meta),
         )

@@ -21,6 +21,17 @@ column, width, shape and dtype of its block. :meth:`to_state_dict` reads it back
 Symmetry metadata (DESIGN §4): ``sym_group[N]`` is the unit group of each node (units tied by
 residual additions, norms or a flatten share one group); ``sym_member[N]`` the unit's index inside the
 group; ``sym_kind[G]`` the :class:`SymKind` of each group and ``sym_size[G]`` its number of units.
+
+Attention heads and embedding tables (``qegraph.graph.extras``, ``docs/transformers.md``): a group of
+kind ``HEADS`` has one *member per head* (``sym_size`` = number of heads). Per node:
+``sym_stride[N]`` is the node distance between consecutive members inside a unit layer (1, or the
+head dim d for head nodes: a permutation π of the group reads node v from v + (π(m) − m)·stride),
+``gl_role[N]`` the :class:`GLRole` (0 none, 1 query ρ = A, 2 key ρ = A^{-T}, 3 value ρ = B) and
+``gl_coord[N]`` the coordinate inside the head (−1 outside heads); the d nodes of one head and role
+are consecutive node ids in coordinate order. Embedding tables live row-major in the flat float
+table ``emb_attr[K]``; table t has ``etable_start`` (offset), ``etable_rows`` (R),
+``etable_cols`` (D) and ``etable_node`` (first of its D EMBED nodes; entry [r, c] belongs to node
+``etable_node + c``).
 """
 
 from __future__ import annotations
@@ -53,6 +64,37 @@ def dtype_from_str(name: str) -> torch.dtype:
         raise QegraphError(f"unsupported dtype {name!r} in graph metadata") from None
 
 
+class GraphMeta:
+    """The JSON metadata of one graph (architecture record, parameter → slot index, unit layers).
+
+    A plain object rather than a dict, so that PyG batching keeps one per graph instead of merging
+    them key by key.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GraphMeta) and other.data == self.data
+
+    def __repr__(self) -> str:
+        return f"GraphMeta(arch={self.data.get('arch', {}) and self.data['arch'].get('type')!r}, params={len(self.data['params'])})"
+
+
 class ParameterGraph(Data):
     """A PyG ``Data`` holding one network's parameters; see the module docstring for the fields."""
 
@@ -60,9 +102,12 @@ class ParameterGraph(Data):
     def __inc__(self, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         if key == "sym_group":
             return int(self.sym_kind.numel())
-        if key in ("edge_index", "eblock_src", "eblock_dst"):
+        if key in ("edge_index", "eblock_src", "eblock_dst", "etable_node"):
             return self.num_nodes
-        if key in ("io_pos", "sym_member", "layer"):
+        if key == "etable_start":
+            return int(self.emb_attr.numel())
+        if key in ("io_pos", "sym_member", "layer", "sym_stride", "gl_role", "gl_coord", "etable_rows",
+                   "etable_cols"):
             return 0
         return super().__inc__(key, value, *args, **kwargs)
 
@@ -118,7 +163,8 @@ class ParameterGraph(Data):
     def to_state_dict(self) -> dict[str, Tensor]:
         """The original state_dict: same keys (in order), shapes, dtypes and values, bit for bit."""
         self._require_single("to_state_dict()")
-        tables = {"x": self.x, "edge_attr": self.edge_attr, "aux_int": self.aux_int}
+        tables = {"x": self.x, "edge_attr": self.edge_attr, "aux_int": self.aux_int,
+                  "emb_attr": getattr(self, "emb_attr", None)}
         out: dict[str, Tensor] = {}
         for p in self.meta["params"]:
             table = tables[p["table"]]
@@ -175,6 +221,36 @@ class ParameterGraph(Data):
             f"edges={self.edge_index.size(1):,}, slots={self.num_slots}, dtype={self.x.dtype}, "
             f"groups={self.sym_kind.numel()})"
         )
+
+
+def fill_edge_index(
+    out: Tensor, src_start: int, nsrc: int, dst_start: int, ndst: int, dense: bool
+) -> None:
+    """Write one edge block's ``[2, size]`` indices into ``out`` in place (no temporaries of its size).
+
+    Dense blocks enumerate every pair in the row-major order of a weight W[o, i] (edge k = o·n_src + i);
+    diagonal blocks connect i → i.
+    """
+    if dense:
+        out[0].view(ndst, nsrc).copy_(torch.arange(src_start, src_start + nsrc).unsqueeze(0))
+        out[1].view(ndst, nsrc).copy_(torch.arange(dst_start, dst_start + ndst).unsqueeze(1))
+    else:
+        torch.arange(src_start, src_start + nsrc, out=out[0])
+        torch.arange(dst_start, dst_start + ndst, out=out[1])
+
+
+def edge_index_from_blocks(g: ParameterGraph) -> Tensor:
+    """Rebuild ``edge_index`` from the edge-block table (used when loading a saved graph)."""
+    sizes = g.eblock_size.tolist()
+    edge_index = torch.empty(2, sum(sizes), dtype=torch.long)
+    start = 0
+    for size, s0, ns, d0, dense in zip(
+        sizes, g.eblock_src.tolist(), g.eblock_nsrc.tolist(), g.eblock_dst.tolist(), g.eblock_dense.tolist()
+    ):
+        nd = size // ns if dense else ns
+        fill_edge_index(edge_index[:, start : start + size], s0, ns, d0, nd, dense)
+        start += size
+    return edge_index
 
 
 def pad_to_common_slots(graphs: list[ParameterGraph]) -> list[ParameterGraph]:

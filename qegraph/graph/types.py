@@ -40,8 +40,17 @@ class SymKind(IntEnum):
     SCALE = 2  # permutations × positive scalings q > 0
     SIGN = 3  # permutations × sign flips s ∈ {±1}
     NONZERO = 4  # permutations × nonzero scalings λ ≠ 0
-    GL_QK = 5  # attention head: head permutation × A ∈ GL(d_k) on Q, A^{-T} on K
-    GL_VO = 6  # attention head: head permutation × B ∈ GL(d_v) on V, B^{-1} on O's columns
+    HEADS = 5  # attention heads: head permutation × per head A ∈ GL(d_k) on Q, A^{-T} on K, B ∈ GL(d_v)
+    #            on V, B^{-1} on O's columns; members are heads (see docs/transformers.md)
+
+
+class GLRole(IntEnum):
+    """``ParameterGraph.gl_role`` of a node: how the per-head GL matrices act on it (ρ_v)."""
+
+    NONE = 0  # not in an attention head
+    QUERY = 1  # ρ = A
+    KEY = 2  # ρ = A^{-T}
+    VALUE = 3  # ρ = B
 
 
 #: Node-feature columns of ``ParameterGraph.x``; zero (and masked) where a slot does not apply.

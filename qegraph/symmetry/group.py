@@ -9,34 +9,41 @@ the parameters as (PyTorch convention y = W x + b)
     W_{out}[:, i] \\mapsto W_{out}[:, \\pi(i)] / q_i,
 
 i.e. on the graph: node v ↦ q_v · x[π(v)], edge u→v ↦ (q_v / q_u) · e[π(u)→π(v)]. Parameter-free
-edges carry no value. The action works on single graphs and on PyG batches (the group of a batch is
-the product of its graphs' groups).
+edges carry no value. Embedding-table columns move like node features (E[:, c] ↦ q_c E[:, π(c)]).
+
+Attention heads (kind HEADS, members = heads, ``sym_stride`` = head dim): π permutes whole head
+blocks, then per-head matrices act, X ↦ ρ X on head nodes and E_{u→v} ↦ ρ_v E ρ_u^{-1} on edges,
+ρ = A (query), A^{-T} (key), B (value) (see :mod:`qegraph.symmetry.gl`). The action works on single
+graphs and on PyG batches (the group of a batch is the product of its graphs' groups).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from qegraph.errors import QegraphError
 from qegraph.graph.parameter_graph import ParameterGraph
-from qegraph.graph.types import SymKind
+from qegraph.graph.types import GLRole, SymKind
+from qegraph.symmetry.gl import apply_gl, head_dims, sample_gl
 
 
 class SymmetryGroup:
     """The group detected for a graph (or a batch). ``kinds[j]`` is the SymKind of unit group j."""
 
-    def __init__(self, kinds: Tensor, sizes: Tensor) -> None:
+    def __init__(self, kinds: Tensor, sizes: Tensor, head_dims: dict[int, dict[int, int]] | None = None) -> None:
         self.kinds = kinds.to(torch.long)
         self.sizes = sizes.to(torch.long)
         self.ptr = torch.cat([sizes.new_zeros(1), torch.cumsum(self.sizes, 0)])
+        #: HEADS group → {GLRole: head dim}
+        self.head_dims = head_dims or {}
 
     @classmethod
     def of(cls, graph: ParameterGraph) -> SymmetryGroup:
-        return cls(graph.sym_kind, graph.sym_size)
+        return cls(graph.sym_kind, graph.sym_size, head_dims(graph))
 
     def __len__(self) -> int:
         return int(self.kinds.numel())
@@ -46,7 +53,7 @@ class SymmetryGroup:
         kinds = self.kinds.clone()
         for j, k in overrides.items():
             kinds[j] = int(k)
-        return SymmetryGroup(kinds, self.sizes)
+        return SymmetryGroup(kinds, self.sizes, self.head_dims)
 
     def _slot_group(self) -> Tensor:
         return torch.repeat_interleave(torch.arange(len(self)), self.sizes)
@@ -62,9 +69,13 @@ class SymmetryGroup:
         scale_range: tuple[float, float] = (1.0, 10.0),
         permute: bool = True,
         rescale: bool = True,
+        gl: bool = True,
+        gl_cond: float = 10.0,
     ) -> GroupElement:
         """A random element: uniform permutations; scales log-uniform in ``scale_range`` (with a
-        random sign for NONZERO groups); uniform signs for SIGN groups. Fixed groups get the identity."""
+        random sign for NONZERO groups); uniform signs for SIGN groups; for HEADS groups (when ``gl``)
+        per-head A ∈ GL(d_k), B ∈ GL(d_v) with condition numbers at most ``gl_cond``
+        (:func:`~qegraph.symmetry.gl.sample_gl`). Fixed groups get the identity."""
         lo, hi = float(scale_range[0]), float(scale_range[1])
         if not 0 < lo <= hi:
             raise QegraphError(f"scale_range must satisfy 0 < lo <= hi, got {scale_range}")
@@ -88,7 +99,14 @@ class SymmetryGroup:
             scale = torch.where(kind == int(SymKind.SCALE), mag, scale)
             scale = torch.where(kind == int(SymKind.NONZERO), mag * sign, scale)
             scale = torch.where(kind == int(SymKind.SIGN), sign, scale)
-        return GroupElement(self, perm, scale)
+        mats: dict[int, tuple[Tensor, Tensor]] = {}
+        if gl:
+            for j in torch.nonzero(self.kinds == int(SymKind.HEADS)).flatten().tolist():
+                dims, h = self.head_dims.get(j, {}), int(self.sizes[j])
+                dk = dims.get(int(GLRole.QUERY), dims.get(int(GLRole.KEY), 0))
+                dv = dims.get(int(GLRole.VALUE), 0)
+                mats[j] = (sample_gl(h, dk, gl_cond, generator), sample_gl(h, dv, gl_cond, generator))
+        return GroupElement(self, perm, scale, mats)
 
     def describe(self, graph: ParameterGraph) -> list[dict[str, object]]:
         """One row per unit layer: name, units, node type, unit group and its kind."""
@@ -101,16 +119,22 @@ class SymmetryGroup:
 
 @dataclass
 class GroupElement:
-    """(π, q) for every unit group: ``perm[ptr[j] + i]`` = π_j(i) (local index), ``scale`` likewise."""
+    """(π, q) for every unit group: ``perm[ptr[j] + i]`` = π_j(i) (local index), ``scale`` likewise;
+    ``gl[j] = (A [H, d_k, d_k], B [H, d_v, d_v])`` for HEADS groups (missing: identity)."""
 
     group: SymmetryGroup
     perm: Tensor
     scale: Tensor
+    gl: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     def node_maps(self, graph: ParameterGraph) -> tuple[Tensor, Tensor]:
         """For every node v: the node it reads from, π(v), and its scalar q_v."""
         slot = self.group.ptr[graph.sym_group] + graph.sym_member
-        src = torch.arange(graph.num_nodes) + (self.perm[slot] - graph.sym_member)
+        step = self.perm[slot] - graph.sym_member
+        stride = getattr(graph, "sym_stride", None)
+        if stride is not None:
+            step = step * stride
+        src = torch.arange(graph.num_nodes) + step
         return src, self.scale[slot]
 
     def act(self, graph: ParameterGraph) -> ParameterGraph:
@@ -123,7 +147,24 @@ class GroupElement:
         ei = graph.edge_index
         ratio = (q[ei[1]] / q[ei[0]]).to(graph.edge_attr.dtype)
         edge_attr = graph.edge_attr[edge_src] * ratio.unsqueeze(1)
-        return graph.with_features(x=x, edge_attr=edge_attr)
+        x, edge_attr = apply_gl(graph, x, edge_attr, self.gl)
+        out = graph.with_features(x=x, edge_attr=edge_attr)
+        if getattr(graph, "emb_attr", None) is not None and graph.emb_attr.numel():
+            out.emb_attr = act_tables(graph, node_src, q)
+        return out
+
+
+def act_tables(graph: ParameterGraph, node_src: Tensor, q: Tensor) -> Tensor:
+    """Embedding tables under a node map: E[:, c] ↦ q_c E[:, π(c)] (rows never move)."""
+    emb = graph.emb_attr.clone()
+    for start, rows, cols, node in zip(graph.etable_start.tolist(), graph.etable_rows.tolist(),
+                                       graph.etable_cols.tolist(), graph.etable_node.tolist()):
+        table = graph.emb_attr[start : start + rows * cols].view(rows, cols)
+        nodes = slice(node, node + cols)
+        emb[start : start + rows * cols].view(rows, cols).copy_(
+            table[:, node_src[nodes] - node] * q[nodes].to(emb.dtype)
+        )
+    return emb
 
 
 def edge_gather_index(graph: ParameterGraph, node_src: Tensor) -> Tensor:
