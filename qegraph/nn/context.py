@@ -1,0 +1,99 @@
+"""GraphContext: the index bookkeeping of one batch, computed once per forward pass.
+
+Every layer of a metanetwork reuses the same gathers and segment ids, so they are derived here once:
+feature types of nodes and edges, inverse in/out degrees (mean aggregation as a sum times a
+precomputed factor), the reversed edge index (messages against edge direction), the *unit slot* of
+every node (``ptr[sym_group] + sym_member``: nodes tied by residual additions or norms, and the d
+coordinates of a head, share one slot and hence one gauge element), and the (graph, depth)
+segments used for per-layer statistics and pooling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import degree
+
+from qegraph.graph.parameter_graph import ParameterGraph
+from qegraph.graph.types import EdgeType, SymKind
+from qegraph.nn.gl import GLStructure
+from qegraph.nn.types import FeatureType, group_feature_types
+from qegraph.symmetry.group import SymmetryGroup
+
+
+@dataclass
+class GraphContext:
+    graph: ParameterGraph
+    num_nodes: int
+    num_graphs: int
+    edge_index: Tensor  # [2, E]
+    rev_index: Tensor  # [2, E], edge_index flipped (same edge order)
+    batch: Tensor  # [N] graph of each node
+    edge_batch: Tensor  # [E] graph of each edge
+    node_ftype: Tensor  # [N] FeatureType
+    edge_ftype: Tensor  # [E] FeatureType (max of the endpoints' scalar types; GL if one endpoint is GL)
+    fixed: Tensor  # [N] bool, node of a FIXED group
+    inv_in_deg: Tensor  # [N, 1]
+    inv_out_deg: Tensor  # [N, 1]
+    slot: Tensor  # [N] global unit slot (one group member)
+    num_slots: int
+    slot_kind: Tensor  # [num_slots] SymKind of the slot's group
+    layer_seg: Tensor  # [N] id of the (graph, depth) segment
+    num_layer_seg: int
+    layer_seg_graph: Tensor  # [num_layer_seg] graph of each segment
+    param_free: Tensor  # [E] bool, edge without parameters whose endpoints are tied (ratio 1)
+    group: SymmetryGroup
+    gl: GLStructure | None  # attention-head blocks and rows (None: no GL features)
+
+    @classmethod
+    def from_graph(cls, graph: ParameterGraph, perm_only: bool = False) -> GraphContext:
+        n = int(graph.num_nodes)
+        ei = graph.edge_index
+        dev = ei.device
+        batch = getattr(graph, "batch", None)
+        if batch is None:
+            batch = torch.zeros(n, dtype=torch.long, device=dev)
+            num_graphs = 1
+        else:
+            num_graphs = int(graph.num_graphs)
+        gft = group_feature_types(graph.sym_kind, perm_only)
+        node_ftype = gft[graph.sym_group]
+        fu, fv = node_ftype[ei[0]], node_ftype[ei[1]]
+        gl = FeatureType.GL
+        edge_ftype = torch.where((fu == gl) | (fv == gl), torch.full_like(fu, int(gl)), torch.maximum(fu, fv))
+        one = torch.ones(1, dtype=graph.x.dtype, device=dev)
+        in_deg = degree(ei[1], n, dtype=graph.x.dtype)
+        out_deg = degree(ei[0], n, dtype=graph.x.dtype)
+        sizes = graph.sym_size.to(dev)
+        ptr = torch.cumsum(sizes, 0) - sizes
+        slot = ptr[graph.sym_group] + graph.sym_member
+        depth = graph.layer
+        key = batch * (int(depth.max()) + 1 if n else 1) + depth
+        seg_keys, layer_seg = torch.unique(key, return_inverse=True)
+        etype = graph.edge_type.to(dev)
+        param_free = (graph.edge_width.to(dev) == 0) & (etype != int(EdgeType.QK_PAIR))
+        return cls(
+            graph=graph,
+            num_nodes=n,
+            num_graphs=num_graphs,
+            edge_index=ei,
+            rev_index=ei.flip(0),
+            batch=batch,
+            edge_batch=batch[ei[0]],
+            node_ftype=node_ftype,
+            edge_ftype=edge_ftype,
+            fixed=graph.sym_kind[graph.sym_group] == int(SymKind.FIXED),
+            inv_in_deg=(one / in_deg.clamp(min=1)).unsqueeze(1),
+            inv_out_deg=(one / out_deg.clamp(min=1)).unsqueeze(1),
+            slot=slot,
+            num_slots=int(sizes.sum()),
+            slot_kind=torch.repeat_interleave(graph.sym_kind, sizes),
+            layer_seg=layer_seg,
+            num_layer_seg=int(seg_keys.numel()),
+            layer_seg_graph=torch.div(seg_keys, int(depth.max()) + 1 if n else 1, rounding_mode="floor"),
+            param_free=param_free,
+            group=SymmetryGroup.of(graph),
+            gl=None if perm_only else GLStructure.from_graph(graph),
+        )

@@ -1,0 +1,85 @@
+r"""Strictly equivariant message passing on parameter graphs (the β of DESIGN §1, §5).
+
+One layer maps node features h ∈ R^{N×c} and edge features e ∈ R^{E×c} of the types of
+:mod:`qegraph.nn.types` to new features of the same types. With ι(·) the canonicalization (an
+invariant), σ the logistic function, W bias-free channel mixing and φ arbitrary MLPs:
+
+**Edge update** (u→v):
+
+.. math::
+    e'_{uv} = W_e e_{uv} + e_{uv} \odot \sigma\big(\phi_g[\iota(e_{uv}), \iota(h_u), \iota(h_v)]\big)
+              + [e_{uv}\ \text{invariant}]\ \phi_a[\iota(e_{uv}), \iota(h_u), \iota(h_v)]
+
+**Node update** (messages along and against the edge direction, mean aggregation):
+
+.. math::
+    z_v = W_s h_v + \frac{1}{|\mathcal N^-(v)|}\sum_{u \to v} e'_{uv} \odot W_f h_u
+          + (W_b h_v) \odot \frac{1}{|\mathcal N^+(v)|}\sum_{v \to w} \phi_b[\iota(e'_{vw}), \iota(h_w)]
+
+.. math::
+    h'_v = z_v \odot \sigma(\phi_n[\iota(z_v)]) + [v\ \text{invariant}]\ \phi_i[z_v]
+
+Why it is equivariant: e'_{uv} ⊙ W_f h_u has type (q_v/q_u)·q_u = q_v, the type of v; the backward term
+is v's own features times an invariant; every gate multiplies a feature by an invariant of the
+action, channel mixing has no bias, and only invariant-type features get additive terms. Sum and mean
+over neighbours commute with permutations. The same formulas hold for GL features of attention heads
+(DESIGN §5): W acts on channels, i.e. H ↦ HΛ commutes with ρH; a message e'_{sv} ⊙ W_f h_s from a
+stream unit is a ρ-vector over the head's coordinates, and Σ_j E_O[o, j] ⊙ W_f H_V[j] is invariant;
+every gate is computed from block / row pairings (:mod:`qegraph.nn.gl`), so it is the same for all d
+coordinates of a head; query→key pairing edges stay zero.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import MessagePassing
+
+from qegraph.nn.context import GraphContext
+from qegraph.nn.encoders import mlp
+from qegraph.nn.types import Canonicalizer, FeatureType, invariants
+
+
+class EquivariantConv(MessagePassing):
+    """Strictly G-equivariant edge and node update (formulas in the module docstring)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(aggr="sum", flow="source_to_target")
+        c = channels
+        self.channels = c
+        self.canon = Canonicalizer(c)
+        self.edge_lin = nn.Linear(c, c, bias=False)
+        self.edge_mlp = mlp([3 * c, c, 2 * c])
+        self.fwd_lin = nn.Linear(c, c, bias=False)
+        self.self_lin = nn.Linear(c, c, bias=False)
+        self.bwd_lin = nn.Linear(c, c, bias=False)
+        self.bwd_mlp = mlp([2 * c, c, c])
+        self.gate_mlp = mlp([c, c, c])
+        self.inv_mlp = mlp([c, c, c])
+
+    def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor]:
+        ih, ie = invariants(self.canon, h, e, ctx)
+        e = self.edge_updater(ctx.edge_index, e=e, ie=ie, ih=ih, inv_edge=ctx.edge_ftype == FeatureType.INVARIANT)
+        ie = invariants(self.canon, h, e, ctx)[1]
+        n = ctx.num_nodes
+        fwd = self.propagate(ctx.edge_index, x=self.fwd_lin(h), w=e, size=(n, n)) * ctx.inv_in_deg
+        src, dst = ctx.edge_index
+        gates = self.bwd_mlp(torch.cat([ie, ih[dst]], dim=1))
+        bwd = self.propagate(ctx.rev_index, x=None, w=gates, size=(n, n)) * ctx.inv_out_deg
+        z = self.self_lin(h) + fwd + self.bwd_lin(h) * bwd
+        return self.node_update(z, e, ctx), e
+
+    def edge_update(self, e: Tensor, ie: Tensor, ih_i: Tensor, ih_j: Tensor, inv_edge: Tensor) -> Tensor:
+        """e' = W_e e + e ⊙ σ(φ_g) + [invariant] φ_a (``_j``: source u, ``_i``: target v)."""
+        g, a = self.edge_mlp(torch.cat([ie, ih_j, ih_i], dim=1)).chunk(2, dim=1)
+        return self.edge_lin(e) + e * torch.sigmoid(g) + inv_edge.unsqueeze(1) * a
+
+    def message(self, x_j: Tensor | None, w: Tensor) -> Tensor:
+        """Forward: e'_uv ⊙ W_f h_u. Backward (reversed index, ``x=None``): the invariant gate itself."""
+        return w if x_j is None else w * x_j
+
+    def node_update(self, z: Tensor, e: Tensor, ctx: GraphContext) -> Tensor:
+        """h' = z ⊙ σ(φ_n(ι(z))) + [invariant] φ_i(z) (``e``: the updated edges, for GL pairings)."""
+        iz = invariants(self.canon, z, e, ctx)[0]
+        inv = (ctx.node_ftype == FeatureType.INVARIANT).unsqueeze(1)
+        return z * torch.sigmoid(self.gate_mlp(iz)) + inv * self.inv_mlp(z)

@@ -1,0 +1,134 @@
+r"""The quasi gauge α: Θ → G_c, one continuous group element per unit (DESIGN §1, §5).
+
+For every unit slot u of a SCALE or NONZERO group (both admit positive scalings):
+
+.. math::
+    s_u = 1 + \varepsilon \sin(\gamma_u), \qquad \varepsilon = \varepsilon_{max}\,\mathrm{sigmoid}(\rho)
+    \in (0, \varepsilon_{max}) \subset (0, 1),
+
+so s_u ∈ (0, 2) is a positive scale bounded away from 0. γ is a small MLP reading the unit's own
+features a_v = asinh(h_v) and statistics of its layer (per-channel mean, variance and quantiles of a
+over the nodes of the same graph and depth); it needs no invariance. Nodes tied into one unit (by
+residual additions or norms) average their γ, so the whole slot gets one element, **shared by all c
+channels**. Fixed, invariant-type (PERM) and sign-only (SIGN: no continuous part) units get s = 1.
+
+α acts with the group-action formulas (PyTorch convention, DESIGN §4):
+
+.. math::
+    h_v \mapsto s_v h_v, \qquad e_{uv} \mapsto (s_v / s_u)\, e_{uv}.
+
+For attention heads (kind HEADS), per head a query/key matrix A and a value matrix B:
+
+.. math::
+    A = I + \varepsilon_d \sin(\Gamma), \quad \Gamma = u w^\top, \quad
+    \varepsilon_d = \varepsilon_{max}\,\mathrm{sigmoid}(\rho_{GL}) / d,
+
+so ‖ε_d sin Γ‖₂ ≤ ‖ε_d sin Γ‖_F ≤ ε_d·d < 1 and A is invertible; u (from the query block) and w (from
+the key block) are per-coordinate outputs of the same small MLP (u, w from the value block for B).
+It acts as H_Q ↦ A H_Q, H_K ↦ A^{-T} H_K, H_V ↦ B H_V, rows into a block E ↦ ρE, rows out of a value
+block E[o, :] ↦ E[o, :] B^{-1} (:func:`qegraph.nn.gl.apply_gl_blocks`).
+
+Composed with a strictly equivariant β, F = α(θ)·β(θ) satisfies F(gθ) = g′F(θ) with
+g′ = α(gθ)·g·α(θ)^{-1} ∈ G for any α.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import scatter
+
+from qegraph.errors import QegraphError
+from qegraph.graph.types import GLRole, SymKind
+from qegraph.nn.context import GraphContext
+from qegraph.nn.encoders import mlp
+from qegraph.nn.gl import apply_gl_blocks
+from qegraph.nn.stats import segment_mean_var, segment_quantiles
+from qegraph.nn.types import FeatureType
+
+
+class QuasiGauge(nn.Module):
+    """Per-unit positive scales α(θ) (formula in the module docstring)."""
+
+    def __init__(
+        self, channels: int, hidden: int = 8, epsilon_max: float = 0.5, quantiles: Sequence[float] = (0.1, 0.5, 0.9)
+    ) -> None:
+        super().__init__()
+        if not 0.0 < epsilon_max <= 1.0:
+            raise QegraphError(f"epsilon_max must lie in (0, 1] so that every scale is positive, got {epsilon_max}")
+        self.epsilon_max = float(epsilon_max)
+        self.quantiles = tuple(float(q) for q in quantiles)
+        self.rho = nn.Parameter(torch.zeros(()))
+        self.rho_gl = nn.Parameter(torch.zeros(()))
+        # one small MLP: output 0 is γ (scales), outputs 1, 2 are u, w (GL matrices)
+        self.gamma = mlp([(3 + len(self.quantiles)) * channels, hidden, 3])
+
+    def epsilon(self) -> Tensor:
+        """ε = ε_max · sigmoid(ρ) ∈ (0, ε_max)."""
+        return self.epsilon_max * torch.sigmoid(self.rho)
+
+    def _inputs(self, h: Tensor, ctx: GraphContext) -> Tensor:
+        """γ's input per node: asinh(h_v) and its layer's mean, variance and quantiles of asinh(h)."""
+        a = torch.asinh(h)
+        mean, var = segment_mean_var(a, ctx.layer_seg, ctx.num_layer_seg)
+        qs = segment_quantiles(a, ctx.layer_seg, ctx.num_layer_seg, self.quantiles)
+        stats = torch.cat([mean, var, qs.flatten(1)], dim=1)
+        return torch.cat([a, stats[ctx.layer_seg]], dim=1)
+
+    def slot_scales(self, h: Tensor, ctx: GraphContext, inputs: Tensor | None = None) -> Tensor:
+        """``[num_slots]`` s per unit slot (1 where the unit's group has no positive scalings)."""
+        inputs = self._inputs(h, ctx) if inputs is None else inputs
+        gamma = self.gamma(inputs)[:, 0]
+        gamma = scatter(gamma, ctx.slot, dim=0, dim_size=ctx.num_slots, reduce="mean")
+        s = 1 + self.epsilon() * torch.sin(gamma)
+        return torch.where(gauged_slots(ctx), s, torch.ones_like(s))
+
+    def gl_matrices(self, h: Tensor, ctx: GraphContext, inputs: Tensor | None = None) -> list[Tensor]:
+        """ρ per head block, one ``[B, d, d]`` tensor per entry of ``ctx.gl.rows``: A (query),
+        A^{-T} (key), B (value); identity for a query/key block without partner."""
+        if ctx.gl is None:
+            return []
+        inputs = self._inputs(h, ctx) if inputs is None else inputs
+        uw = self.gamma(inputs)[:, 1:]
+        mats = []
+        for r in ctx.gl.rows:
+            u, w = uw[r.node_idx].unbind(-1)  # [B, d]
+            paired = r.partner >= 0
+            qk = r.role != int(GLRole.VALUE)
+            w = torch.where(paired.unsqueeze(1), w[r.partner.clamp(min=0)], w)
+            eps = self.epsilon_max * torch.sigmoid(self.rho_gl) / r.d
+            eye = torch.eye(r.d, dtype=h.dtype, device=h.device)
+            m = eye + eps * torch.sin(u.unsqueeze(2) * w.unsqueeze(1))
+            key = r.role == int(GLRole.KEY)
+            m = torch.where(key.view(-1, 1, 1), torch.linalg.inv(m[r.partner.clamp(min=0)]).transpose(-2, -1), m)
+            mats.append(torch.where((qk & ~paired).view(-1, 1, 1), eye, m))
+        return mats
+
+    def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """(α·h, α·e, s per node, GL matrix per head block)."""
+        inputs = self._inputs(h, ctx)
+        s = self.slot_scales(h, ctx, inputs)[ctx.slot]
+        mats = self.gl_matrices(h, ctx, inputs)
+        h, e = apply_node_scales(h, e, s, ctx)
+        if mats:
+            h, e = apply_gl_blocks(h, e, ctx.gl, mats)
+        return h, e, s, mats
+
+
+def gauged_slots(ctx: GraphContext) -> Tensor:
+    """``[num_slots]`` True where the continuous part of the group contains positive scalings and the
+    features have a scalar scaled type."""
+    kind = ctx.slot_kind
+    positive = (kind == int(SymKind.SCALE)) | (kind == int(SymKind.NONZERO))
+    ftype = torch.zeros(ctx.num_slots, dtype=torch.long, device=kind.device)
+    ftype[ctx.slot] = ctx.node_ftype
+    return positive & ((ftype == FeatureType.SCALE) | (ftype == FeatureType.NONZERO))
+
+
+def apply_node_scales(h: Tensor, e: Tensor, s: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor]:
+    """The action of a per-node scaling ``s[N]`` (or ``[N, c]``): h_v ↦ s_v h_v, e_uv ↦ (s_v/s_u) e_uv."""
+    s2 = s if s.dim() == 2 else s.unsqueeze(1)
+    src, dst = ctx.edge_index
+    return h * s2, e * (s2[dst] / s2[src])

@@ -1,0 +1,169 @@
+"""Exact invariance / quasi-equivariance of the graph metanetworks (issue 4 acceptance, float64)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
+
+import qegraph
+from nn_nets import graphs, modules
+from qegraph.nn import PermGMN, QuasiGauge, QuasiGMN, QuasiLayer, StrictGMN
+from qegraph.nn.context import GraphContext
+from qegraph.nn.gauge import apply_node_scales
+from qegraph.testing import assert_invariant, assert_quasi_equivariant
+
+ARCHS = ["relu_mlp", "tanh_mlp", "siren", "cnn_relu", "cnn_tanh", "res_cnn", "transformer"]
+SCALES = (1.0, 1e4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: OpenMP threads only add contention on shared cores
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def g() -> dict[str, qegraph.ParameterGraph]:
+    return graphs(modules())
+
+
+def _model(cls: type, **kw: object) -> torch.nn.Module:
+    torch.manual_seed(1)
+    return cls(out_dim=3, hidden_dim=8, num_layers=2, **kw).double()
+
+
+def _gen() -> torch.Generator:
+    return torch.Generator().manual_seed(3)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("cls", [QuasiGMN, StrictGMN])
+def test_models_invariant(g: dict, arch: str, cls: type) -> None:
+    err = assert_invariant(_model(cls), g[arch], n=2, scale_range=SCALES, generator=_gen())
+    assert err <= 1e-9
+
+
+def test_detected_groups_are_nontrivial(g: dict) -> None:
+    """The acceptance architectures really exercise every feature type."""
+    kinds = {a: set(g[a].sym_kind.tolist()) for a in ARCHS}
+    assert int(qegraph.SymKind.SCALE) in kinds["relu_mlp"] and int(qegraph.SymKind.SCALE) in kinds["res_cnn"]
+    assert int(qegraph.SymKind.SIGN) in kinds["siren"] and int(qegraph.SymKind.SIGN) in kinds["cnn_tanh"]
+    assert int(qegraph.SymKind.HEADS) in kinds["transformer"]
+
+
+def test_mixed_batch_invariant(g: dict) -> None:
+    batch = Batch.from_data_list(qegraph.pad_to_common_slots([g[a] for a in ARCHS]))
+    model = _model(QuasiGMN)
+    err = assert_invariant(model, batch, n=2, scale_range=SCALES, generator=_gen())
+    assert err <= 1e-9
+    # batching does not change a graph's prediction
+    single = torch.cat([model(g[a]) for a in ARCHS])
+    assert torch.allclose(model(batch), single, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quasi_layer_identity(g: dict, arch: str) -> None:
+    torch.manual_seed(2)
+    layer = QuasiLayer(6).double()
+    assert_quasi_equivariant(layer, g[arch], n=2, scale_range=SCALES, generator=_gen())
+
+
+def test_gauge_is_not_trivial(g: dict) -> None:
+    """α really moves the features (otherwise the quasi tests would be strict tests in disguise)."""
+    torch.manual_seed(2)
+    layer = QuasiLayer(6).double()
+    for arch in ("relu_mlp", "transformer"):
+        graph = g[arch]
+        ctx = GraphContext.from_graph(graph)
+        h = torch.randn(graph.num_nodes, 6, dtype=torch.float64)
+        e = torch.randn(graph.edge_index.size(1), 6, dtype=torch.float64)
+        el = layer.alpha(h, e, ctx)
+        assert float((el.scale - 1).abs().max()) > 1e-3 if arch == "relu_mlp" else el.gl
+        for a, b in el.gl.values():
+            assert float((a - torch.eye(a.size(-1))).abs().max()) > 1e-3
+
+
+def test_gauge_bounded_by_construction(g: dict) -> None:
+    graph = g["transformer"]
+    gauge = QuasiGauge(6, epsilon_max=1.0).double()
+    ctx = GraphContext.from_graph(graph)
+    h = 1e3 * torch.randn(graph.num_nodes, 6, dtype=torch.float64)
+    with torch.no_grad():
+        gauge.rho.fill_(50.0)
+        gauge.rho_gl.fill_(50.0)
+    assert 0 < float(gauge.epsilon()) <= 1.0
+    s = gauge.slot_scales(h, ctx)
+    assert bool((s > 0).all()) and bool((s < 2).all())
+    for r, m in zip(ctx.gl.rows, gauge.gl_matrices(h, ctx)):
+        sv = torch.linalg.svdvals(m)
+        assert float(sv.min()) > 0 and float(sv.max() / sv.min()) < 1e8
+    ffn = ctx.slot_kind == int(qegraph.SymKind.SCALE)
+    assert float((s[ffn] - 1).abs().max()) > 1e-3  # the ReLU FFN units are gauged
+    assert bool((s[~ffn] == 1).all())  # fixed stream, heads (GL instead): no scale
+
+
+def test_sign_units_get_no_scale(g: dict) -> None:
+    graph = g["siren"]
+    ctx = GraphContext.from_graph(graph)
+    s = QuasiGauge(6).double().slot_scales(torch.randn(graph.num_nodes, 6, dtype=torch.float64), ctx)
+    assert bool((s == 1).all())
+
+
+def test_strict_is_quasi_without_gauge() -> None:
+    quasi, strict = _model(QuasiGMN), _model(StrictGMN)
+    assert _model(QuasiGMN, gauge=False).state_dict().keys() == strict.state_dict().keys()
+    extra = set(quasi.state_dict()) - set(strict.state_dict())
+    assert extra and all(".gauge." in k for k in extra)
+    assert set(strict.state_dict()) <= set(quasi.state_dict())
+
+
+# ---------------------------------------------------------------------- negative tests
+class PerChannelGauge(QuasiGauge):
+    """Wrong on purpose: s_{v,c} = 1 + ε sin(γ_v + asinh h_{v,c}), a different scale for every channel
+    (as in the published per-channel α; not a group element)."""
+
+    def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        gauged = (self.slot_scales(h, ctx)[ctx.slot] != 1).unsqueeze(1)
+        gamma = self.gamma(self._inputs(h, ctx))[:, :1] + torch.asinh(h)
+        s = torch.where(gauged, 1 + self.epsilon() * torch.sin(gamma), torch.ones_like(h))
+        h, e = apply_node_scales(h, e, s, ctx)
+        return h, e, s, []
+
+
+class FixedUnitGauge(QuasiGauge):
+    """Wrong on purpose: the correct per-unit scales, plus scales on fixed (input/output) units whose
+    γ also reads the graph's mean feature (a fixed unit has no continuous symmetry to absorb them)."""
+
+    def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        gamma = self.gamma(self._inputs(h, ctx))[:, 0]
+        context = scatter(torch.asinh(h).mean(1), ctx.batch, dim=0, reduce="mean")[ctx.batch]
+        s = torch.where(ctx.fixed, 1 + self.epsilon() * torch.sin(gamma + context), self.slot_scales(h, ctx)[ctx.slot])
+        h, e = apply_node_scales(h, e, s, ctx)
+        return h, e, s, []
+
+
+@pytest.mark.parametrize("arch", ["relu_mlp", "cnn_relu"])
+@pytest.mark.parametrize("bad", [PerChannelGauge, FixedUnitGauge])
+def test_wrong_gauge_breaks_invariance(g: dict, arch: str, bad: type) -> None:
+    model = _model(QuasiGMN)
+    for layer in model.backbone.layers:
+        broken = bad(8).double()
+        broken.load_state_dict(layer.gauge.state_dict())
+        layer.gauge = broken
+    with pytest.raises(AssertionError, match="not invariant"):
+        assert_invariant(model, g[arch], n=2, scale_range=SCALES, generator=_gen())
+
+
+def test_perm_gmn_only_permutation_invariant(g: dict) -> None:
+    model = _model(PermGMN)
+    graph = g["relu_mlp"]
+    assert_invariant(model, graph, n=2, scale_range=(1.0, 1.0), generator=_gen())  # permutations only
+    with pytest.raises(AssertionError, match="not invariant"):
+        assert_invariant(model, graph, n=1, scale_range=SCALES, generator=_gen())

@@ -1,0 +1,103 @@
+"""Weight-space decoder, baselines, canonicalization stability and configuration errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+import qegraph
+from nn_nets import graphs, inputs, modules
+from qegraph.errors import QegraphError
+from qegraph.nn import FlatMLP, QuasiGMN, StatNN, WeightSpaceGMN
+from qegraph.nn.types import direction
+from qegraph.testing import assert_functional_identity_preserved, assert_functionally_equal
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def mods() -> dict[str, torch.nn.Module]:
+    return modules()
+
+
+@pytest.fixture(scope="module")
+def g(mods: dict) -> dict[str, qegraph.ParameterGraph]:
+    return graphs(mods)
+
+
+@pytest.mark.parametrize("delta", [True, False])
+@pytest.mark.parametrize("arch", ["relu_mlp", "siren", "cnn_tanh", "res_cnn", "transformer"])
+def test_decoder_preserves_functional_identity(mods: dict, g: dict, arch: str, delta: bool) -> None:
+    torch.manual_seed(4)
+    model = WeightSpaceGMN(hidden_dim=8, num_layers=2, delta=delta).double()
+    tmpl = mods[arch]
+    assert_functional_identity_preserved(model, g[arch], inputs(arch), n=2, scale_range=(1.0, 1e4),
+                                         generator=torch.Generator().manual_seed(5), template=tmpl)
+    out = model(g[arch])
+    assert isinstance(out, qegraph.ParameterGraph)
+    assert not bool(out.edge_attr[~g[arch].edge_mask].any()) and not bool(out.x[~g[arch].x_mask].any())
+    # the decoded network is a different function (the check above is not vacuous)
+    with pytest.raises(AssertionError):
+        assert_functionally_equal(out.to_module(tmpl), tmpl, inputs(arch), rtol=1e-6)
+
+
+def test_decoder_on_mixed_batch(mods: dict, g: dict) -> None:
+    names = ["relu_mlp", "cnn_relu", "transformer"]
+    batch = Batch.from_data_list(qegraph.pad_to_common_slots([g[a] for a in names]))
+    torch.manual_seed(4)
+    model = WeightSpaceGMN(hidden_dim=8, num_layers=2).double()
+    assert_functional_identity_preserved(model, batch, [inputs(a) for a in names], n=1,
+                                         generator=torch.Generator().manual_seed(6), template=[mods[a] for a in names])
+
+
+def test_flat_mlp_sees_every_parameter(mods: dict, g: dict) -> None:
+    graph = g["cnn_relu"]
+    flat = FlatMLP.flatten(graph)
+    ref = torch.cat([v.flatten() for v in mods["cnn_relu"].state_dict().values()])
+    assert flat.shape == (1, ref.numel())
+    assert torch.equal(flat[0].sort().values, ref.sort().values)
+    other = qegraph.to_graph(modules()["cnn_relu"])
+    batch = Batch.from_data_list([graph, other.with_features(x=other.x * 2)])
+    model = FlatMLP(out_dim=2, hidden_dim=16, in_dim=ref.numel()).double()
+    assert model(batch).shape == (2, 2)
+    with pytest.raises(QegraphError, match="fixed architecture"):
+        model(Batch.from_data_list(qegraph.pad_to_common_slots([graph, g["relu_mlp"]])))
+
+
+def test_statnn_statistics(mods: dict, g: dict) -> None:
+    feats = StatNN.features(g["relu_mlp"])
+    sd = mods["relu_mlp"].state_dict()
+    w = sd["2.weight"].flatten()  # second weight tensor = second edge block
+    q = torch.quantile(w, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=w.dtype), interpolation="nearest")
+    ref = torch.cat([w.mean().view(1), w.var(unbiased=False).view(1), q])
+    assert torch.allclose(feats[0, 7:14], ref)
+    b = sd["0.bias"]  # bias of depth 1, slot 0 (after the 3 weight blocks and depth 0's 5 slots)
+    off = 3 * 7 + 5 * 7
+    assert torch.allclose(feats[0, off : off + 2], torch.stack([b.mean(), b.var(unbiased=False)]))
+    model = StatNN(out_dim=3, hidden_dim=16).double()
+    batch = Batch.from_data_list([g["relu_mlp"], g["relu_mlp"]])
+    assert model(batch).shape == (2, 3)
+
+
+def test_direction_is_stable_float32() -> None:
+    v = torch.tensor([[3.0, -4.0, 0.0]])
+    for scale in (1e-30, 1e-15, 1.0, 1e15, 1e30):
+        d = direction(v * scale)
+        assert torch.allclose(d, torch.tensor([[0.6, -0.8, 0.0]]), atol=1e-7), scale
+    assert torch.equal(direction(torch.zeros(2, 3)), torch.zeros(2, 3))
+
+
+def test_clear_errors(g: dict) -> None:
+    with pytest.raises(QegraphError, match="max_slots"):
+        QuasiGMN(hidden_dim=8, num_layers=1, max_slots=4).double()(g["cnn_relu"])
+    with pytest.raises(QegraphError, match="epsilon_max"):
+        QuasiGMN(epsilon_max=1.5)
