@@ -9,14 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import networkx as nx
+import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
-import torch  # noqa: E402
+from qegraph.graph.parameter_graph import ParameterGraph
+from qegraph.graph.types import SymKind
 
-from qegraph.graph.parameter_graph import ParameterGraph  # noqa: E402
-from qegraph.graph.types import SymKind  # noqa: E402
+_CMAP = matplotlib.colormaps["coolwarm"]
 
 
 def plot_graph(g: ParameterGraph, path: str | Path, max_units: int = 16, max_edges: int = 4000, seed: int = 0) -> str:
@@ -54,7 +56,8 @@ def plot_graph(g: ParameterGraph, path: str | Path, max_units: int = 16, max_edg
     colors = [float(v) for v, w in zip(value.tolist(), width.tolist()) if w > 0]
     G.add_edges_from(weighted + free)
 
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * (1 + int(g.layer.max()))), 6))
+    fig = Figure(figsize=(max(6, 1.6 * (1 + int(g.layer.max()))), 6))  # no pyplot: any backend, no global state
+    ax = fig.add_subplot()
     kinds = [SymKind(int(g.sym_kind[g.sym_group[v]])).name.lower() for v in keep]
     palette = {"fixed": "#444444", "perm": "#1f77b4", "scale": "#2ca02c", "sign": "#d62728", "nonzero": "#9467bd"}
     for kind in sorted(set(kinds)):
@@ -62,13 +65,13 @@ def plot_graph(g: ParameterGraph, path: str | Path, max_units: int = 16, max_edg
         nx.draw_networkx_nodes(G, pos, nodelist=nodes, node_size=40, node_color=palette.get(kind, "#ff7f0e"), ax=ax, label=kind)
     vmax = max((abs(c) for c in colors), default=1.0) or 1.0
     edges = nx.draw_networkx_edges(
-        G, pos, edgelist=weighted, edge_color=colors, edge_cmap=plt.cm.coolwarm, edge_vmin=-vmax, edge_vmax=vmax,
+        G, pos, edgelist=weighted, edge_color=colors, edge_cmap=_CMAP, edge_vmin=-vmax, edge_vmax=vmax,
         arrows=False, width=0.6, alpha=0.7, ax=ax,
     )
     if free:
         nx.draw_networkx_edges(G, pos, edgelist=free, style="dashed", edge_color="#999999", arrows=False, ax=ax)
     if colors and edges is not None:
-        fig.colorbar(plt.cm.ScalarMappable(cmap=plt.cm.coolwarm, norm=plt.Normalize(-vmax, vmax)), ax=ax,
+        fig.colorbar(ScalarMappable(cmap=_CMAP, norm=Normalize(-vmax, vmax)), ax=ax,
                      label="edge weight (mean over kernel/block slots)")
     note_parts = []
     if cut:
@@ -82,5 +85,4 @@ def plot_graph(g: ParameterGraph, path: str | Path, max_units: int = 16, max_edg
     ax.legend(title="node symmetry", loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return note
