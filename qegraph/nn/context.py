@@ -5,7 +5,8 @@ feature types of nodes and edges, inverse in/out degrees (mean aggregation as a 
 precomputed factor), the reversed edge index (messages against edge direction), the *unit slot* of
 every node (``ptr[sym_group] + sym_member``: nodes tied by residual additions or norms, and the d
 coordinates of a head, share one slot and hence one gauge element), and the (graph, depth)
-segments used for per-layer statistics and pooling.
+segments used for per-layer statistics and pooling, and the set of feature types present (so that
+canonicalizations of absent types are never computed).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class GraphContext:
     param_free: Tensor  # [E] bool, edge without parameters whose endpoints are tied (ratio 1)
     group: SymmetryGroup
     gl: GLStructure | None  # attention-head blocks and rows (None: no GL features)
+    node_types: frozenset[int] = frozenset(int(t) for t in FeatureType)  # FeatureTypes occurring in node_ftype
+    edge_types: frozenset[int] = frozenset(int(t) for t in FeatureType)  # ... in edge_ftype
 
     @classmethod
     def from_graph(cls, graph: ParameterGraph, perm_only: bool = False) -> GraphContext:
@@ -74,7 +77,10 @@ class GraphContext:
         seg_keys, layer_seg = torch.unique(key, return_inverse=True)
         etype = graph.edge_type.to(dev)
         param_free = (graph.edge_width.to(dev) == 0) & (etype != int(EdgeType.QK_PAIR))
+        present = torch.unique(torch.cat([node_ftype, edge_ftype + len(FeatureType)])).tolist()
         return cls(
+            node_types=frozenset(t for t in present if t < len(FeatureType)),
+            edge_types=frozenset(t - len(FeatureType) for t in present if t >= len(FeatureType)),
             graph=graph,
             num_nodes=n,
             num_graphs=num_graphs,

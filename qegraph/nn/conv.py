@@ -37,7 +37,8 @@ from torch_geometric.nn import MessagePassing
 
 from qegraph.nn.context import GraphContext
 from qegraph.nn.encoders import mlp
-from qegraph.nn.types import Canonicalizer, FeatureType, invariants
+from qegraph.nn.ops import gather_rows, scatter_sum
+from qegraph.nn.types import Canonicalizer, FeatureType, edge_invariants, node_invariants
 
 
 class EquivariantConv(MessagePassing):
@@ -58,16 +59,44 @@ class EquivariantConv(MessagePassing):
         self.inv_mlp = mlp([c, c, c])
 
     def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor]:
-        ih, ie = invariants(self.canon, h, e, ctx)
-        e = self.edge_updater(ctx.edge_index, e=e, ie=ie, ih=ih, inv_edge=ctx.edge_ftype == FeatureType.INVARIANT)
-        ie = invariants(self.canon, h, e, ctx)[1]
-        n = ctx.num_nodes
-        fwd = self.propagate(ctx.edge_index, x=self.fwd_lin(h), w=e, size=(n, n)) * ctx.inv_in_deg
+        # Computed as one fused pass per term (same function as ``edge_update`` / ``message`` with
+        # ``propagate``): the first layer of every edge MLP is split into an edge part and node parts
+        # projected once per node and gathered, instead of gathering and concatenating [E, 3c] inputs.
+        ih = node_invariants(self.canon, h, e, ctx)
+        ie = edge_invariants(self.canon, h, e, ctx)
+        e = self._edge_step(e, ie, ih, ctx)
+        ie = edge_invariants(self.canon, h, e, ctx)
+        n, c = ctx.num_nodes, self.channels
         src, dst = ctx.edge_index
-        gates = self.bwd_mlp(torch.cat([ie, ih[dst]], dim=1))
-        bwd = self.propagate(ctx.rev_index, x=None, w=gates, size=(n, n)) * ctx.inv_out_deg
+        fwd = scatter_sum(e * gather_rows(self.fwd_lin(h), src), dst, n) * ctx.inv_in_deg
+        lin1, act, lin2 = self.bwd_mlp[0], self.bwd_mlp[1], self.bwd_mlp[2]
+        w = lin1.weight  # input [ι(e'), ι(h_w)]
+        node_part = torch.addmm(lin1.bias, ih, w[:, c:].t())
+        gates = lin2(act(torch.addmm(gather_rows(node_part, dst), ie, w[:, :c].t())))
+        bwd = scatter_sum(gates, src, n) * ctx.inv_out_deg
         z = self.self_lin(h) + fwd + self.bwd_lin(h) * bwd
         return self.node_update(z, e, ctx), e
+
+    def _edge_step(self, e: Tensor, ie: Tensor, ih: Tensor, ctx: GraphContext) -> Tensor:
+        """:meth:`edge_update` for all edges (``φ_a`` only evaluated when invariant edges exist)."""
+        c = self.channels
+        src, dst = ctx.edge_index
+        lin1, act, lin2 = self.edge_mlp[0], self.edge_mlp[1], self.edge_mlp[2]
+        w = lin1.weight  # input [ι(e), ι(h_u), ι(h_v)]
+        proj_u = torch.addmm(lin1.bias, ih, w[:, c : 2 * c].t())
+        proj_v = ih @ w[:, 2 * c :].t()
+        pre = torch.addmm(gather_rows(proj_u, src) + gather_rows(proj_v, dst), ie, w[:, :c].t())
+        hidden = act(pre)
+        has_inv = int(FeatureType.INVARIANT) in ctx.edge_types
+        if has_inv:
+            g, a = lin2(hidden).chunk(2, dim=1)
+        else:
+            g = torch.nn.functional.linear(hidden, lin2.weight[:c], lin2.bias[:c])
+        out = torch.addcmul(self.edge_lin(e), e, torch.sigmoid(g))
+        if has_inv:
+            inv = (ctx.edge_ftype == FeatureType.INVARIANT).unsqueeze(1).to(out.dtype)
+            out = torch.addcmul(out, inv, a)
+        return out
 
     def edge_update(self, e: Tensor, ie: Tensor, ih_i: Tensor, ih_j: Tensor, inv_edge: Tensor) -> Tensor:
         """e' = W_e e + e ⊙ σ(φ_g) + [invariant] φ_a (``_j``: source u, ``_i``: target v)."""
@@ -80,6 +109,6 @@ class EquivariantConv(MessagePassing):
 
     def node_update(self, z: Tensor, e: Tensor, ctx: GraphContext) -> Tensor:
         """h' = z ⊙ σ(φ_n(ι(z))) + [invariant] φ_i(z) (``e``: the updated edges, for GL pairings)."""
-        iz = invariants(self.canon, z, e, ctx)[0]
+        iz = node_invariants(self.canon, z, e, ctx)
         inv = (ctx.node_ftype == FeatureType.INVARIANT).unsqueeze(1)
         return z * torch.sigmoid(self.gate_mlp(iz)) + inv * self.inv_mlp(z)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from qegraph.errors import QegraphError
 from qegraph.graph.types import NODE_SLOTS, EdgeType, NodeType
 from qegraph.nn.context import GraphContext
+from qegraph.nn.ops import gather_rows
 from qegraph.nn.types import FeatureType
 
 NUM_NODE_TYPES = len(NodeType)
@@ -117,6 +118,9 @@ class EdgeEncoder(nn.Module):
                 f"max_slots={self.max_slots}: construct the model with max_slots >= {s}"
             )
         et = ctx.graph.edge_type
-        e = (a @ self.slots[:s]) * self.type_mul(et)
-        e = e + ctx.param_free.unsqueeze(1) * self.free(et)
-        return e + (ctx.edge_ftype == FeatureType.INVARIANT).unsqueeze(1) * self.type_add(et)
+        # the two additive terms in one gather from a table [0; C; T'; C + T'] (row by type and the flags)
+        t = NUM_EDGE_TYPES
+        zero = torch.zeros_like(self.free.weight)
+        table = torch.cat([zero, self.free.weight, self.type_add.weight, self.free.weight + self.type_add.weight])
+        key = et + t * ctx.param_free.long() + 2 * t * (ctx.edge_ftype == FeatureType.INVARIANT).long()
+        return torch.addcmul(gather_rows(table, key), a @ self.slots[:s], gather_rows(self.type_mul.weight, et))

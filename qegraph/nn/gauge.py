@@ -45,8 +45,9 @@ from qegraph.graph.types import GLRole, SymKind
 from qegraph.nn.context import GraphContext
 from qegraph.nn.encoders import mlp
 from qegraph.nn.gl import apply_gl_blocks
+from qegraph.nn.ops import gather_rows
 from qegraph.nn.stats import segment_mean_var, segment_quantiles
-from qegraph.nn.types import FeatureType
+from qegraph.nn.types import FeatureType, rowdot
 
 
 class QuasiGauge(nn.Module):
@@ -77,11 +78,27 @@ class QuasiGauge(nn.Module):
         stats = torch.cat([mean, var, qs.flatten(1)], dim=1)
         return torch.cat([a, stats[ctx.layer_seg]], dim=1)
 
+    def _gamma_out(self, h: Tensor, ctx: GraphContext) -> Tensor:
+        """``self.gamma(self._inputs(h, ctx))`` without materialising the [N, 6c] input: the first linear
+        map is split into a per-node part and a per-segment part (statistics projected once per
+        segment, then gathered)."""
+        a = torch.asinh(h)
+        mean, var = segment_mean_var(a, ctx.layer_seg, ctx.num_layer_seg)
+        qs = segment_quantiles(a, ctx.layer_seg, ctx.num_layer_seg, self.quantiles)
+        stats = torch.cat([mean, var, qs.flatten(1)], dim=1)
+        lin1 = self.gamma[0]
+        c = h.size(1)
+        seg_part = torch.addmm(lin1.bias, stats, lin1.weight[:, c:].t())
+        pre = torch.addmm(gather_rows(seg_part, ctx.layer_seg), a, lin1.weight[:, :c].t())
+        return self.gamma[1:](pre)
+
     def slot_scales(self, h: Tensor, ctx: GraphContext, inputs: Tensor | None = None) -> Tensor:
         """``[num_slots]`` s per unit slot (1 where the unit's group has no positive scalings)."""
-        inputs = self._inputs(h, ctx) if inputs is None else inputs
-        gamma = self.gamma(inputs)[:, 0]
-        gamma = scatter(gamma, ctx.slot, dim=0, dim_size=ctx.num_slots, reduce="mean")
+        out = self._gamma_out(h, ctx) if inputs is None else self.gamma(inputs)
+        return self._scales(out, ctx)
+
+    def _scales(self, out: Tensor, ctx: GraphContext) -> Tensor:
+        gamma = scatter(out[:, 0], ctx.slot, dim=0, dim_size=ctx.num_slots, reduce="mean")
         s = 1 + self.epsilon() * torch.sin(gamma)
         return torch.where(gauged_slots(ctx), s, torch.ones_like(s))
 
@@ -90,8 +107,12 @@ class QuasiGauge(nn.Module):
         A^{-T} (key), B (value); identity for a query/key block without partner."""
         if ctx.gl is None:
             return []
-        inputs = self._inputs(h, ctx) if inputs is None else inputs
-        uw = self.gamma(inputs)[:, 1:]
+        out = self._gamma_out(h, ctx) if inputs is None else self.gamma(inputs)
+        return self._gl(out, h, ctx)
+
+    def _gl(self, out: Tensor, h: Tensor, ctx: GraphContext) -> list[Tensor]:
+        assert ctx.gl is not None
+        uw = out[:, 1:]
         mats = []
         for r in ctx.gl.rows:
             u, w = uw[r.node_idx].unbind(-1)  # [B, d]
@@ -108,9 +129,9 @@ class QuasiGauge(nn.Module):
 
     def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
         """(α·h, α·e, s per node, GL matrix per head block)."""
-        inputs = self._inputs(h, ctx)
-        s = self.slot_scales(h, ctx, inputs)[ctx.slot]
-        mats = self.gl_matrices(h, ctx, inputs)
+        out = self._gamma_out(h, ctx)
+        s = gather_rows(self._scales(out, ctx).unsqueeze(1), ctx.slot).squeeze(1)
+        mats = self._gl(out, h, ctx) if ctx.gl is not None else []
         h, e = apply_node_scales(h, e, s, ctx)
         if mats:
             h, e = apply_gl_blocks(h, e, ctx.gl, mats)
@@ -131,4 +152,21 @@ def apply_node_scales(h: Tensor, e: Tensor, s: Tensor, ctx: GraphContext) -> tup
     """The action of a per-node scaling ``s[N]`` (or ``[N, c]``): h_v ↦ s_v h_v, e_uv ↦ (s_v/s_u) e_uv."""
     s2 = s if s.dim() == 2 else s.unsqueeze(1)
     src, dst = ctx.edge_index
-    return h * s2, e * (s2[dst] / s2[src])
+    ratio = gather_rows(s2, dst) / gather_rows(s2, src)
+    return h * s2, _ScaleRows.apply(e, ratio) if ratio.size(1) == 1 else e * ratio
+
+
+class _ScaleRows(torch.autograd.Function):
+    """``e * r`` for ``r[E, 1]``; the gradient of r as a batched row dot product (no [E, c] temporary)."""
+
+    @staticmethod
+    def forward(ctx, e: Tensor, r: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(e, r)
+        return e * r
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        e, r = ctx.saved_tensors
+        ge = g * r if ctx.needs_input_grad[0] else None
+        gr = rowdot(g.contiguous(), e) if ctx.needs_input_grad[1] else None
+        return ge, gr

@@ -24,7 +24,7 @@ from torch_geometric.utils import scatter
 
 from qegraph.nn.context import GraphContext
 from qegraph.nn.encoders import NUM_NODE_TYPES, PositionEncoding, mlp
-from qegraph.nn.types import Canonicalizer, invariants
+from qegraph.nn.types import Canonicalizer, node_invariants
 
 
 class InvariantReadout(nn.Module):
@@ -44,7 +44,7 @@ class InvariantReadout(nn.Module):
 
     def forward(self, h: Tensor, e: Tensor, ctx: GraphContext) -> Tensor:
         g = ctx.graph
-        ih = invariants(self.canon, h, e, ctx)[0]
+        ih = node_invariants(self.canon, h, e, ctx)
         free = ~ctx.fixed
         seg = ctx.layer_seg[free]
         pooled = scatter(self.unit(ih[free]), seg, dim=0, dim_size=ctx.num_layer_seg, reduce="mean")

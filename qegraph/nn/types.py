@@ -70,13 +70,47 @@ def group_feature_types(sym_kind: Tensor, perm_only: bool = False) -> Tensor:
     return torch.zeros_like(out) if perm_only else out
 
 
+#: Largest factor 1/‖x‖ the backward of :func:`direction` applies (rows with ‖x‖ < 1e-4 get a damped
+#: gradient; their forward value, and hence every invariance, is exact).
+GRAD_SCALE_CAP = 1e4
+
+
+class _Direction(torch.autograd.Function):
+    """u = x/‖x‖ with the analytic backward ∂u/∂x·g = (g − u⟨u, g⟩)/‖x‖ (identity on exactly zero rows)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        m = x.abs().amax(dim=-1, keepdim=True)  # (vector_norm with ord=inf is ~10x slower on CPU)
+        nonzero = m > 0
+        one = torch.ones_like(m)
+        m = torch.where(nonzero, m, one)
+        y = x / m
+        n = torch.where(nonzero, torch.linalg.vector_norm(y, dim=-1, keepdim=True), one)
+        u = y.div_(n)
+        # backward scales by 1/‖x‖; capped so that near-zero rows (e.g. weights decayed to 1e-22)
+        # cannot overflow the gradient. The forward value is untouched: invariance stays exact.
+        ctx.save_for_backward(u, torch.where(nonzero, ((1 / m) / n).clamp_(max=GRAD_SCALE_CAP), one))
+        return u
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        u, r = ctx.saved_tensors
+        dot = rowdot(u, g)
+        return torch.addcmul(g, u, dot, value=-1).mul_(r)
+
+
+def rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(-1, keepdim=True)`` as one batched matmul (no [*, c] temporary)."""
+    c = a.size(-1)
+    return torch.bmm(a.reshape(-1, 1, c), b.reshape(-1, c, 1)).view(*a.shape[:-1], 1)
+
+
 def direction(x: Tensor) -> Tensor:
     """x / ‖x‖ over the last dim, computed without over/underflow; 0 where x is exactly 0."""
-    m = x.abs().amax(dim=-1, keepdim=True)
-    nonzero = m > 0
-    y = x / torch.where(nonzero, m, torch.ones_like(m))
-    n = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-    return y / torch.where(nonzero, n, torch.ones_like(n))
+    return _Direction.apply(x)
+
+
+_ALL = frozenset(int(t) for t in FeatureType)
 
 
 class Canonicalizer(nn.Module):
@@ -88,22 +122,56 @@ class Canonicalizer(nn.Module):
         with torch.no_grad():
             self.pair.weight.copy_(torch.eye(channels) + 0.1 * torch.randn(channels, channels) / channels**0.5)
 
-    def forward(self, x: Tensor, ftype: Tensor) -> Tensor:
+    def forward(self, x: Tensor, ftype: Tensor, present: frozenset[int] | None = None) -> Tensor:
         """``ftype[*]`` FeatureType per row. GL rows are returned unchanged: their invariants need the
-        whole head block, see :func:`invariants`."""
+        whole head block, see :func:`invariants`. ``present``: the feature types occurring in
+        ``ftype`` (when known, only the canonicalizations of those are computed)."""
+        present = _ALL if present is None else present
+        scale, nonzero = int(FeatureType.SCALE) in present, int(FeatureType.NONZERO) in present
+        if not (scale or nonzero):
+            return x
         u = direction(x)
-        nz = u * self.pair(u)
+        others = present - {int(FeatureType.SCALE), int(FeatureType.NONZERO)}
+        if nonzero:
+            nz = u * self.pair(u)
+            if not (scale or others):
+                return nz
+        if scale and not (nonzero or others):
+            return u
         t = ftype.unsqueeze(-1)
+        if not nonzero:
+            return torch.where(t == FeatureType.SCALE, u, x)
+        if not scale:
+            return torch.where(t == FeatureType.NONZERO, nz, x)
         return torch.where(t == FeatureType.SCALE, u, torch.where(t == FeatureType.NONZERO, nz, x))
 
 
 def invariants(canon: Canonicalizer, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor]:
     """ι of every node and edge feature: scalar types by ``canon``, GL blocks and rows by their
     pairings (:func:`qegraph.nn.gl.gl_invariants`)."""
-    ih, ie = canon(h, ctx.node_ftype), canon(e, ctx.edge_ftype)
+    ih = canon(h, ctx.node_ftype, ctx.node_types)
+    ie = canon(e, ctx.edge_ftype, ctx.edge_types)
     if ctx.gl is None:
         return ih, ie
     gh, ge = gl_invariants(h, e, ctx.gl)
     gl = int(FeatureType.GL)
     return (torch.where((ctx.node_ftype == gl).unsqueeze(1), gh, ih),
             torch.where((ctx.edge_ftype == gl).unsqueeze(1), ge, ie))
+
+
+def node_invariants(canon: Canonicalizer, h: Tensor, e: Tensor, ctx: GraphContext) -> Tensor:
+    """``invariants(...)[0]`` without canonicalizing the edges (``e`` is read only for GL pairings)."""
+    ih = canon(h, ctx.node_ftype, ctx.node_types)
+    if ctx.gl is None:
+        return ih
+    gh = gl_invariants(h, e, ctx.gl)[0]
+    return torch.where((ctx.node_ftype == int(FeatureType.GL)).unsqueeze(1), gh, ih)
+
+
+def edge_invariants(canon: Canonicalizer, h: Tensor, e: Tensor, ctx: GraphContext) -> Tensor:
+    """``invariants(...)[1]`` without canonicalizing the nodes (``h`` is read only for GL pairings)."""
+    ie = canon(e, ctx.edge_ftype, ctx.edge_types)
+    if ctx.gl is None:
+        return ie
+    ge = gl_invariants(h, e, ctx.gl)[1]
+    return torch.where((ctx.edge_ftype == int(FeatureType.GL)).unsqueeze(1), ge, ie)
