@@ -3,6 +3,9 @@
     qegraph convert IN [--arch pkg.mod:Class] [--arch-kwargs JSON] [--spec spec.yaml] [--layout bert]
                        [--activation relu] [--trust-pickle] [--allow-nonfinite] -o OUT.qeg
     qegraph inspect GRAPH.qeg [--plot out.png]
+    qegraph zoo cnn|mlp|inr|transformer --out DIR [--num-models N] [--seed S] | info | export | import
+    qegraph experiment NAME [--seeds 3] [--workers N]   (comparison grid → results.md/.csv/.png)
+    qegraph fit|validate|test|predict --config configs/X.yaml [overrides]   (LightningCLI)
 
 Errors caused by the input (a truncated file, NaN weights, a mismatching architecture, an unsupported
 op, a pickle without ``--trust-pickle``) print one line and exit with code 2; no output file is left.
@@ -76,21 +79,50 @@ def _run_inspect(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qegraph", description="Parameter graphs and quasi-equivariant metanetworks.")
+    from qegraph.data.cli import add_zoo_parser
+    from qegraph.tasks.experiment import add_experiment_parser
+
+    parser = argparse.ArgumentParser(
+        prog="qegraph", description="Parameter graphs and quasi-equivariant metanetworks.",
+        epilog="Training: qegraph fit|validate|test|predict --config configs/X.yaml (LightningCLI; --help for its options).",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_convert(sub)
     _add_inspect(sub)
+    add_zoo_parser(sub)
+    add_experiment_parser(sub)
     return parser
 
 
-_HANDLERS = {"convert": _run_convert, "inspect": _run_inspect}
+def _run_zoo(args: argparse.Namespace) -> None:
+    from qegraph.data.cli import run_zoo
+
+    run_zoo(args)
+
+
+_HANDLERS = {"convert": _run_convert, "inspect": _run_inspect, "zoo": _run_zoo}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from qegraph.tasks.cli import run_lightning
+
+        try:
+            run_lightning(argv)
+        except QegraphError as e:
+            print(f"qegraph {argv[0]}: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     args = build_parser().parse_args(argv)
     try:
-        _HANDLERS[args.command](args)
+        if args.command == "experiment":
+            from qegraph.tasks.experiment import run_experiment_cli
+
+            run_experiment_cli(args, argv)
+        else:
+            _HANDLERS[args.command](args)
     except QegraphError as e:
         print(f"qegraph {args.command}: error: {e}", file=sys.stderr)
         return 2

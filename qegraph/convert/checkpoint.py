@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from qegraph.convert.bert import bert_to_graph
 from qegraph.convert.fx_converter import to_graph
 from qegraph.errors import CheckpointError, QegraphError
-from qegraph.graph.arch import check_state_dict_matches, import_object, module_from_arch
+from qegraph.graph.arch import check_state_dict_matches, module_from_arch
 from qegraph.graph.parameter_graph import ParameterGraph
 from qegraph.modules import activation_fn
 

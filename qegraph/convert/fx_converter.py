@@ -173,7 +173,10 @@ class FxConverter:
         """The module's fx graph. A module that is itself a registered leaf (a bare ``nn.Linear`` or
         ``nn.TransformerEncoder``) becomes one call of it on its forward's required arguments."""
         if self.handler(self.module) is None:
-            return fx.symbolic_trace(self.module).graph
+            # optional arguments that default to None (masks, extra inputs) are traced as absent
+            sig = inspect.signature(self.module.forward)
+            absent = {n: None for n, p in sig.parameters.items() if p.default is None}
+            return fx.symbolic_trace(self.module, concrete_args=absent or None).graph
         graph = fx.Graph()
         sig = inspect.signature(self.module.forward)
         names = [n for n, p in sig.parameters.items()
@@ -228,6 +231,8 @@ class FxConverter:
         if seq is not NotImplemented:
             return seq
         x = args[0] if args else kwargs.get("input")
+        if getattr(target, "__name__", "") == "_assert_is_none":  # inserted by tracing an absent optional input
+            return Opaque()
         if target in ops.SHAPE_FUNCTIONS or (target is getattr and args[1] in ("shape", "dtype", "device")):
             return Opaque()
         if not any(isinstance(a, Value) for a in (*args, *kwargs.values())):

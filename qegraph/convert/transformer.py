@@ -239,7 +239,12 @@ def _encoder_layer_handler(cv: FxConverter, node: fx.Node, mod: nn.TransformerEn
     v = _input(cv, args[0], mod.linear1.in_features)
     assert v.layer is not None
     out = _encoder_layer(_planner(cv), str(node.target), mod, v.layer)
-    return Value(out, "vector", exclusive=cv.exclusive(), seq_dim=v.seq_dim)
+    return Value(out, "vector", exclusive=cv.exclusive(), seq_dim=_seq_dim(v, mod.self_attn.batch_first))
+
+
+def _seq_dim(v: Value, batch_first: bool) -> int:
+    """The token dim of an encoder's output: known from the input, else from ``batch_first``."""
+    return v.seq_dim if v.seq_dim is not None else (1 if batch_first else 0)
 
 
 @register_module_handler(nn.TransformerEncoder)
@@ -260,7 +265,7 @@ def _encoder_handler(cv: FxConverter, node: fx.Node, mod: nn.TransformerEncoder,
             raise cv.fail(f"{path}.norm is a {type(mod.norm).__name__}; only nn.LayerNorm is supported")
         x = p.norm(x, _key(path, "norm"), _opt(path, "norm.weight", mod.norm.weight is not None),
                    _opt(path, "norm.bias", mod.norm.bias is not None), exclusive=True)
-    return Value(x, "vector", exclusive=cv.exclusive(), seq_dim=v.seq_dim)
+    return Value(x, "vector", exclusive=cv.exclusive(), seq_dim=_seq_dim(v, mod.layers[0].self_attn.batch_first))
 
 
 __all__ = ["TransformerPlanner"]

@@ -1,0 +1,154 @@
+"""Zoo generation benchmark: vectorized vs one-by-one training, accuracy spread, graph conversion, augmentation.
+
+Run ``python benchmarks/zoo.py [--num-models 1000] [--baseline-models 16]``. Prints a table and
+writes ``benchmarks/results/zoo.json``. The baseline trains the first ``--baseline-models`` runs of
+the same zoo one after another with plain PyTorch (``nn.Sequential`` + ``torch.optim``, same
+hyperparameters, steps, batch size and checkpoint evaluations), in the same process, single-threaded
+like each generation worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from qegraph.data.augment import augment
+from qegraph.data.datamodule import ZooDataModule
+from qegraph.data.digits import load_digits_data
+from qegraph.data.generate import generate_zoo
+from qegraph.data.store import Zoo
+from qegraph.data.train import init_stacked
+from qegraph.data.zoo_cnn import CNNFamily
+from qegraph.graph.arch import module_from_arch
+
+RESULTS = Path(__file__).parent / "results" / "zoo.json"
+
+
+def _optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    lr = cfg["learning_rate"]
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=lr, eps=1e-7)
+    if cfg["optimizer"] == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7)
+    return torch.optim.SGD(params, lr=lr)
+
+
+def train_one_by_one(family: CNNFamily, seed: int, n: int) -> float:
+    """Seconds to train runs 0…n−1 one at a time with plain PyTorch (same work per model)."""
+    d = family.data()
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for run in range(n):
+        cfg = family.sample_config(seed, run)
+        net = module_from_arch(family.arch(cfg)[1])
+        init = init_stacked(net, [cfg], gen)
+        net.load_state_dict({k: v[0] for k, v in init.items()})
+        opt = _optimizer(net.parameters(), cfg)
+        n_sub = max(family.batch_size, round(cfg["train_fraction"] * d.train_x.size(0)))
+        subset = torch.randperm(d.train_x.size(0), generator=gen)[:n_sub]
+        keep = 1 - cfg["dropout"]
+        for step in range(max(family.checkpoint_steps) + 1):
+            if step in family.checkpoint_steps:
+                with torch.no_grad():
+                    for x, y in ((d.train_x[subset], d.train_y[subset]), (d.test_x, d.test_y)):
+                        logits = net(x)
+                        (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
+            if step == max(family.checkpoint_steps):
+                break
+            idx = subset[torch.randint(n_sub, (family.batch_size,), generator=gen)]
+            feats = net[:-1](d.train_x[idx])
+            feats = feats * (torch.rand(feats.shape, generator=gen) < keep) / keep
+            loss = F.cross_entropy(net[-1](feats), d.train_y[idx])
+            loss = loss + cfg["l2reg"] * sum((p**2).sum() for p in net.parameters() if p.dim() >= 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return time.perf_counter() - start
+
+
+def augmentation_times(zoo_dir: Path, cache: Path, n: int = 512, batch: int = 64) -> tuple[float, float]:
+    """Seconds to augment n graphs one by one vs as collated batches (collation excluded)."""
+    dm = ZooDataModule(str(zoo_dir), batch_size=batch, cache_dir=str(cache), val_fraction=0.0, test_fraction=0.0)
+    dm.setup()
+    ds = dm.splits["train"]
+    graphs = [ds[i] for i in range(min(n, len(ds)))]
+    gen = torch.Generator().manual_seed(0)
+    t = time.perf_counter()
+    for g in graphs:
+        augment(g, 1.0, gen)
+    per_graph = time.perf_counter() - t
+    batches = [b for _, b in zip(range(len(graphs) // batch), dm.train_dataloader())]
+    t = time.perf_counter()
+    for b in batches:
+        augment(b, 1.0, gen)
+    per_batch = (time.perf_counter() - t) * len(graphs) / (len(batches) * batch)
+    return per_graph, per_batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--num-models", type=int, default=1000)
+    parser.add_argument("--baseline-models", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="generation processes (each single-threaded)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # the baseline runs single-threaded, like every generation worker
+    load_digits_data()
+    work = Path(tempfile.mkdtemp(prefix="qegraph-zoo-bench-"))
+    try:
+        t = time.perf_counter()
+        generate_zoo("cnn", work / "cnn", args.num_models, seed=args.seed, workers=args.workers)
+        gen_s = time.perf_counter() - t
+        zoo = Zoo(work / "cnn")
+        final = max(zoo.spec["checkpoint_steps"])
+        acc_all = [r["test_accuracy"] for r in zoo.rows]
+        acc_final = [r["test_accuracy"] for r in zoo.rows if r["step"] == final]
+        base_s = train_one_by_one(CNNFamily(), args.seed, args.baseline_models)
+        t = time.perf_counter()
+        ZooDataModule(str(work / "cnn"), cache_dir=str(work / "cache")).prepare_data()
+        convert_s = time.perf_counter() - t
+        aug_graph, aug_batch = augmentation_times(work / "cnn", work / "cache")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    vec_rate, base_rate = args.num_models / gen_s, args.baseline_models / base_s
+    result = {
+        "device": f"CPU ({platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)",
+        "generation_workers": args.workers,
+        "num_models": args.num_models,
+        "checkpoints": len(acc_all),
+        "checkpoint_steps": zoo.spec["checkpoint_steps"],
+        "generation_seconds": round(gen_s, 1),
+        "vectorized_models_per_s": round(vec_rate, 2),
+        "one_by_one_models": args.baseline_models,
+        "one_by_one_models_per_s": round(base_rate, 3),
+        "speedup": round(vec_rate / base_rate, 1),
+        "test_accuracy_std_all_checkpoints": round(statistics.pstdev(acc_all), 4),
+        "test_accuracy_std_final_step": round(statistics.pstdev(acc_final), 4),
+        "test_accuracy_final_min_median_max": [round(min(acc_final), 4), round(statistics.median(acc_final), 4),
+                                               round(max(acc_final), 4)],
+        "graph_conversion_seconds": round(convert_s, 2),
+        "augment_512_graphs_seconds_per_graph": round(aug_graph, 3),
+        "augment_512_graphs_seconds_batched": round(aug_batch, 3),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    width = max(map(len, result))
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v}")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

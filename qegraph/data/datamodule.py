@@ -1,0 +1,242 @@
+"""``ZooDataModule``: a zoo folder as cached ParameterGraphs with run-level splits and group augmentation.
+
+Conversion runs once per architecture: the graph *structure* comes from ``qegraph.to_graph`` on a
+module of that architecture, and every checkpoint's parameters are written into the node / edge
+feature tables through the graph's explicit parameter → slot index (``meta["params"]``), which is the
+exact inverse of ``ParameterGraph.to_state_dict``. The stacked feature tables are cached in a
+safetensors file keyed by the zoo's manifest hash, so later runs skip conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import Dataset
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
+from tqdm.auto import tqdm
+
+from qegraph.convert import to_graph
+from qegraph.data.augment import augment
+from qegraph.data.store import Zoo, atomic_write
+from qegraph.errors import QegraphError
+from qegraph.graph.parameter_graph import ParameterGraph
+
+CACHE_VERSION = 1
+
+
+def fill_graph_tables(template: ParameterGraph, state_dicts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stacked ``x`` ``[K, N, 5]``, ``edge_attr`` ``[K, E, S]``, ``aux_int`` ``[K, A]`` holding the
+    given state_dicts of ``template``'s architecture (the inverse of ``to_state_dict``)."""
+    k = len(state_dicts)
+    tables = {name: torch.zeros(k, *getattr(template, name).shape, dtype=getattr(template, name).dtype)
+              for name in ("x", "edge_attr", "aux_int")}
+    for p in template.meta["params"]:
+        table = tables[p["table"]]
+        values = torch.stack([sd[p["key"]] for sd in state_dicts]).to(table.dtype)
+        if table.dim() == 2:
+            table[:, p["start"] : p["start"] + p["rows"]] = values.reshape(k, p["rows"])
+        else:
+            table[:, p["start"] : p["start"] + p["rows"], p["col"] : p["col"] + p["width"]] = values.reshape(
+                k, p["rows"], p["width"])
+    return tables
+
+
+def _zoo_fingerprint(zoo: Zoo) -> str:
+    return hashlib.sha256((zoo.root / "manifest.json").read_bytes()).hexdigest()[:16]
+
+
+def convert_zoo(zoo: Zoo, cache_dir: str | Path, progress: bool = True) -> Path:
+    """Convert every checkpoint of ``zoo`` to graph feature tables (once) and return the cache file."""
+    path = Path(cache_dir) / f"graphs-v{CACHE_VERSION}-{_zoo_fingerprint(zoo)}.safetensors"
+    if path.is_file():
+        return path
+    by_arch: dict[str, list[tuple[int, dict[str, Tensor]]]] = {}
+    for row, sd in tqdm(zoo.iter_state_dicts(), total=len(zoo.rows), desc="graphs", unit="ckpt", disable=not progress):
+        by_arch.setdefault(row["arch"], []).append((int(row["id"]), sd))
+    out: dict[str, Tensor] = {}
+    for arch, items in by_arch.items():
+        template = to_graph(zoo.template(arch), arch=zoo.architectures[arch])
+        for name, table in fill_graph_tables(template, [sd for _, sd in items]).items():
+            out[f"{arch}/{name}"] = table
+        out[f"{arch}/ids"] = torch.tensor([i for i, _ in items])
+    atomic_write(path, lambda tmp: save_file(out, tmp))
+    return path
+
+
+class ZooGraphDataset(Dataset):
+    """Graphs of selected checkpoints: ``templates[arch].with_features(...)`` plus ``y`` and ``zoo_id``."""
+
+    def __init__(self, templates: dict[str, ParameterGraph], tables: dict[str, Tensor],
+                 items: Sequence[tuple[str, int, int]], targets: Tensor) -> None:
+        self.templates, self.tables, self.items, self.targets = templates, tables, list(items), targets
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> ParameterGraph:
+        arch, j, ckpt_id = self.items[i]
+        g = self.templates[arch].with_features(x=self.tables[f"{arch}/x"][j], edge_attr=self.tables[f"{arch}/edge_attr"][j])
+        g.aux_int = self.tables[f"{arch}/aux_int"][j]
+        g.y = self.targets[i : i + 1]
+        g.zoo_id = torch.tensor([ckpt_id])
+        return g
+
+
+class ZooDataModule(L.LightningDataModule):
+    """A zoo folder as train / val / test graph loaders.
+
+    Args:
+        zoo_dir: a zoo written by ``qegraph zoo …`` or ``qegraph zoo import``.
+        target: the metadata column predicted (``test_accuracy``, ``label``, ``psnr``…; a
+            ``config.*`` column may be named without the prefix). Integer columns give class labels.
+        activation: keep only checkpoints whose ``config.activation`` equals this.
+        steps: keep only checkpoints taken at these steps.
+        batch_size: graphs per batch.
+        val_fraction, test_fraction: fractions of *runs* (all checkpoints of a run land in one split).
+        seed: seeds the split and the augmentation.
+        augment_k: training batches are acted on by random group elements with scales in
+            ``[1, 10**augment_k]``; ``None`` disables augmentation.
+        cache_dir: where converted graphs are cached (default ``<zoo_dir>/.graph-cache``).
+        num_workers: DataLoader workers.
+        generate: if the zoo folder is absent, generate it first with these ``generate_zoo`` arguments,
+            e.g. ``{"kind": "cnn", "num_models": 300, "seed": 0}`` (the quickstart does this).
+    """
+
+    def __init__(
+        self,
+        zoo_dir: str,
+        target: str = "test_accuracy",
+        activation: str | None = None,
+        steps: list[int] | None = None,
+        batch_size: int = 32,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        augment_k: float | None = 1.0,
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+        generate: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+            raise QegraphError(f"val_fraction + test_fraction must be in [0, 1), got {val_fraction} + {test_fraction}")
+        self.save_hyperparameters()
+        self.zoo_dir, self.target, self.activation = zoo_dir, target, activation
+        self.steps = None if steps is None else [int(s) for s in steps]
+        self.batch_size, self.val_fraction, self.test_fraction = batch_size, val_fraction, test_fraction
+        self.seed, self.augment_k, self.num_workers = seed, augment_k, num_workers
+        self.cache_dir = cache_dir or str(Path(zoo_dir) / ".graph-cache")
+        self.generate = generate
+        self.splits: dict[str, ZooGraphDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Generate the zoo if it is absent and ``generate`` is set; convert it to graphs once (cached)."""
+        if self.generate is not None and not (Path(self.zoo_dir) / "manifest.json").is_file():
+            from qegraph.data.generate import generate_zoo
+
+            opts = dict(self.generate)
+            kind = opts.pop("kind", None)
+            if kind is None:
+                raise QegraphError("data.generate needs a 'kind' (cnn, mlp, inr, transformer)")
+            print(f"zoo {self.zoo_dir} is absent: generating it ({kind}, {opts})")
+            generate_zoo(kind, self.zoo_dir, **opts)
+        convert_zoo(Zoo(self.zoo_dir), self.cache_dir)
+
+    def _target_column(self, row: dict[str, Any]) -> str:
+        for col in (self.target, f"config.{self.target}"):
+            if col in row:
+                return col
+        options = sorted(k for k in row if k not in ("id", "shard"))
+        raise QegraphError(f"{self.zoo_dir}: no metadata column {self.target!r}; choose one of {', '.join(options)}")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cached graphs, filter the checkpoints and split them by run."""
+        if self.splits:
+            return
+        zoo = Zoo(self.zoo_dir)
+        path = convert_zoo(zoo, self.cache_dir)
+        try:
+            tables = load_file(path)
+        except (SafetensorError, OSError) as e:
+            raise QegraphError(f"{path}: unreadable graph cache ({e}); delete it and it will be rebuilt") from None
+        rows = [r for r in zoo.rows
+                if (self.activation is None or r.get("config.activation") == self.activation)
+                and (self.steps is None or r["step"] in self.steps)]
+        if not rows:
+            raise QegraphError(f"{self.zoo_dir}: no checkpoint matches activation={self.activation!r}, steps={self.steps}")
+        column = self._target_column(rows[0])
+        values = [r.get(column) for r in rows]
+        if any(v is None or isinstance(v, (str, bool)) for v in values):
+            raise QegraphError(f"{self.zoo_dir}: column {column!r} is not numeric for every selected checkpoint")
+        integer = all(isinstance(v, int) for v in values)
+        targets = torch.tensor(values, dtype=torch.long if integer else torch.float32)
+        archs = sorted({r["arch"] for r in rows})
+        templates = {a: to_graph(zoo.template(a), arch=zoo.architectures[a]) for a in archs}
+        slots = max(g.num_slots for g in templates.values())
+        for a in archs:
+            templates[a] = templates[a].pad_slots(slots)
+            ea = tables[f"{a}/edge_attr"]
+            if ea.size(-1) < slots:
+                tables[f"{a}/edge_attr"] = torch.cat([ea, ea.new_zeros(*ea.shape[:-1], slots - ea.size(-1))], -1)
+        position = {a: {int(i): j for j, i in enumerate(tables[f"{a}/ids"].tolist())} for a in archs}
+        runs = sorted({r["run"] for r in rows})
+        order = np.random.default_rng(self.seed).permutation(len(runs))
+        n_val, n_test = round(self.val_fraction * len(runs)), round(self.test_fraction * len(runs))
+        split_of = {}
+        for rank, i in enumerate(order):
+            split_of[runs[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+        for name in ("train", "val", "test"):
+            sel = [i for i, r in enumerate(rows) if split_of[r["run"]] == name]
+            items = [(rows[i]["arch"], position[rows[i]["arch"]][int(rows[i]["id"])], int(rows[i]["id"])) for i in sel]
+            self.splits[name] = ZooGraphDataset(templates, tables, items, targets[sel])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        sampler = EpochShuffleSampler(len(self.splits[split]), self.seed) if shuffle else None
+        return DataLoader(self.splits[split], batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Act on training batches with a random element of their symmetry group."""
+        trainer = self.trainer
+        if self.augment_k is not None and trainer is not None and trainer.training:
+            # seeded by the step, so a run resumed from a checkpoint draws the same elements
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + trainer.global_step * 7 + trainer.global_rank)
+            return augment(batch, self.augment_k, gen)
+        return batch
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A shuffling sampler whose order depends only on (seed, epoch): Lightning calls ``set_epoch``
+    at every epoch, so a run resumed from a checkpoint sees the same batches as an uninterrupted one."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):  # noqa: ANN204
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())

@@ -1,0 +1,86 @@
+"""Shared LightningModule plumbing: a metanetwork, an optimizer, per-epoch prediction buffers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+
+class GraphTask(L.LightningModule):
+    """Base class: wraps a metanetwork ``model(batch) -> Tensor[num_graphs, out_dim]``.
+
+    Subclasses implement :meth:`loss` and :meth:`epoch_metrics`; predictions and targets of every
+    validation/test step are gathered and scored once per epoch (rank metrics such as Kendall τ are
+    not averages of per-batch values).
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, max_lr_epochs: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.max_lr_epochs = max_lr_epochs
+        self._epoch_outputs: dict[str, list[tuple[Tensor, Tensor]]] = {"val": [], "test": []}
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.model(batch)
+
+    def target(self, batch: Any) -> Tensor:
+        return batch.y
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def predict_values(self, out: Tensor) -> Tensor:
+        return out
+
+    def epoch_metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self.loss(self(batch), self.target(batch))
+        self.log("train/loss", loss, batch_size=int(batch.num_graphs), prog_bar=True)
+        return loss
+
+    def _eval_step(self, stage: str, batch: Any) -> None:
+        out = self(batch)
+        y = self.target(batch)
+        self.log(f"{stage}/loss", self.loss(out, y), batch_size=int(batch.num_graphs), sync_dist=True)
+        self._epoch_outputs[stage].append((self.predict_values(out).detach(), y.detach()))
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.predict_values(self(batch))
+
+    def _epoch_end(self, stage: str) -> None:
+        buf = self._epoch_outputs[stage]
+        if not buf:
+            return
+        pred = torch.cat([p for p, _ in buf])
+        y = torch.cat([t for _, t in buf])
+        buf.clear()
+        pred = self.all_gather(pred).reshape(-1, *pred.shape[1:]) if self.trainer.world_size > 1 else pred
+        y = self.all_gather(y).reshape(-1, *y.shape[1:]) if self.trainer.world_size > 1 else y
+        for name, value in self.epoch_metrics(pred, y).items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("kendall_tau", "acc"), rank_zero_only=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if not self.max_lr_epochs:
+            return opt
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.max_lr_epochs)
+        return {"optimizer": opt, "lr_scheduler": sched}

@@ -1,0 +1,40 @@
+"""``qegraph fit|validate|test|predict``: LightningCLI over qegraph's tasks and data modules.
+
+Any :class:`~qegraph.tasks.base.GraphTask` (with any metanetwork from ``qegraph.nn`` as its
+``model``) and any ``LightningDataModule`` can be named in the config by ``class_path``. With
+``test_after_fit: true`` a ``fit`` run ends by testing the best checkpoint and printing its metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from qegraph.tasks.base import GraphTask
+
+
+class QegraphCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="after fit, run the test loop on the best checkpoint and print its metrics")
+
+    def after_fit(self) -> None:
+        if not self.config[self.subcommand].get("test_after_fit"):
+            return
+        ckpt = "best" if self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.best_model_path else None
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def run_lightning(argv: Sequence[str]) -> None:
+    """Run ``qegraph <subcommand> ...`` through LightningCLI."""
+    QegraphCLI(
+        GraphTask,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(argv),
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )

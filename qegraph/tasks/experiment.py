@@ -1,0 +1,283 @@
+"""``qegraph experiment NAME``: comparison grids with results tables (markdown + CSV + PNG).
+
+For every model and seed the grid trains
+
+* once without augmentation, then tests under random group elements with scales in [1, 10^k] for
+  every k in ``test_ks`` (*train plain, test augmented*), and
+* once per k in ``train_ks`` with training augmentation at that k, tested at the same k
+  (*train augmented*).
+
+Every training job is independent and runs in its own process (``--workers``), one thread each.
+The table reports mean ± std over seeds and each model's parameter count.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qegraph.errors import QegraphError
+
+
+@dataclass
+class Experiment:
+    """A named grid: a zoo, a task, the models to compare and how long to train them."""
+
+    zoo_kind: str
+    zoo_models: int
+    task: str  # "generalization" | "classification"
+    target: str
+    models: dict[str, tuple[str, dict[str, Any]]]
+    metric: str
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-3
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+_GMN = {"hidden_dim": 32, "num_layers": 3}
+_CNN_MODELS = {
+    "QuasiGMN": ("qegraph.nn.QuasiGMN", _GMN),
+    "StrictGMN": ("qegraph.nn.StrictGMN", _GMN),
+    "PermGMN": ("qegraph.nn.PermGMN", _GMN),
+    "FlatMLP": ("qegraph.nn.FlatMLP", {}),
+    "StatNN": ("qegraph.nn.StatNN", {}),
+}
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "cnn_generalization": Experiment("cnn", 300, "generalization", "test_accuracy", _CNN_MODELS, "kendall_tau"),
+    "mlp_generalization": Experiment(
+        "mlp", 300, "generalization", "test_accuracy",
+        {k: v for k, v in _CNN_MODELS.items() if k != "FlatMLP"}, "kendall_tau"),
+    "transformer_generalization": Experiment(
+        "transformer", 120, "generalization", "test_accuracy",
+        {k: v for k, v in _CNN_MODELS.items() if k != "FlatMLP"}, "kendall_tau", epochs=15),
+    "inr_classification": Experiment(
+        "inr", 600, "classification", "label",
+        {k: (c, {**kw, "out_dim": 10}) for k, (c, kw) in _CNN_MODELS.items()}, "acc", data={"steps": None}),
+    "epsilon_ablation": Experiment(
+        "cnn", 300, "generalization", "test_accuracy",
+        {"alpha off": ("qegraph.nn.QuasiGMN", {**_GMN, "gauge": False}),
+         "eps_max 0.1": ("qegraph.nn.QuasiGMN", {**_GMN, "epsilon_max": 0.1}),
+         "eps_max 0.5": ("qegraph.nn.QuasiGMN", {**_GMN, "epsilon_max": 0.5}),
+         "eps_max 0.9": ("qegraph.nn.QuasiGMN", {**_GMN, "epsilon_max": 0.9})},
+        "kendall_tau"),
+}
+
+
+def _import(path: str) -> Callable[..., Any]:
+    mod, _, name = path.rpartition(".")
+    return getattr(__import__(mod, fromlist=[name]), name)
+
+
+def run_job(exp_name: str, zoo_dir: str, model: str, seed: int, train_k: float | None,
+            test_ks: list[float], epochs: int | None = None) -> dict[str, Any]:
+    """Train one model on one seed; return its test metric under each test k."""
+    import lightning as L
+
+    from qegraph.data import ZooDataModule
+    from qegraph.data.augment import augment
+    from qegraph.tasks import GeneralizationPrediction, INRClassification
+
+    torch.set_num_threads(1)
+    exp = EXPERIMENTS[exp_name]
+    L.seed_everything(seed, verbose=False)
+    dm = ZooDataModule(zoo_dir, target=exp.target, batch_size=exp.batch_size, seed=0, augment_k=train_k, **exp.data)
+    dm.prepare_data()
+    dm.setup()
+    cls_path, kwargs = exp.models[model]
+    net = _import(cls_path)(**kwargs)
+    max_epochs = epochs or exp.epochs
+    task_cls = GeneralizationPrediction if exp.task == "generalization" else INRClassification
+    task = task_cls(net, lr=exp.lr, max_lr_epochs=max_epochs)
+    trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1, deterministic=False)
+    t0 = time.time()
+    trainer.fit(task, dm)
+    task.eval()
+    n_params = sum(p.numel() for p in net.parameters())  # after fit: baselines size lazy layers on first use
+    results: dict[str, Any] = {"model": model, "seed": seed, "train_k": train_k, "params": n_params,
+                               "train_seconds": time.time() - t0}
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    for k in test_ks:
+        preds, ys = [], []
+        with torch.no_grad():
+            for batch in dm.test_dataloader():
+                batch = augment(batch, k, gen)
+                preds.append(task.predict_values(task(batch)))
+                ys.append(task.target(batch))
+        metrics = task.epoch_metrics(torch.cat(preds), torch.cat(ys))
+        results[f"test_k{k:g}"] = metrics[exp.metric]
+    return results
+
+
+def ensure_zoo(exp: Experiment, zoo_dir: Path, seed: int = 0) -> None:
+    from qegraph.data import generate_zoo
+
+    if not (zoo_dir / "manifest.json").is_file():
+        generate_zoo(exp.zoo_kind, zoo_dir, exp.zoo_models, seed=seed)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    return m, (sum((v - m) ** 2 for v in vals) / max(len(vals) - 1, 1)) ** 0.5
+
+
+def write_tables(exp_name: str, rows: list[dict[str, Any]], out: Path, test_ks: list[float], command: str) -> str:
+    """Aggregate job rows into results.csv / results.md / results.png; returns the markdown."""
+    exp = EXPERIMENTS[exp_name]
+    out.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for r in rows for k in r})
+    with open(out / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"### {exp_name}: test {exp.metric} (mean ± std over seeds)", "", f"Command: `{command}`", ""]
+    head = "| model | params | train | " + " | ".join(f"k={k:g}" for k in test_ks) + " |"
+    lines += [head, "|" + "---|" * (3 + len(test_ks))]
+    summary = []
+    for model in exp.models:
+        mrows = [r for r in rows if r["model"] == model]
+        if not mrows:
+            continue
+        params = mrows[0]["params"]
+        plain = [r for r in mrows if r["train_k"] is None]
+        cells = []
+        for k in test_ks:
+            m, s = _mean_std([r[f"test_k{k:g}"] for r in plain])
+            cells.append(f"{m:.3f} ± {s:.3f}")
+            summary.append({"model": model, "train": "plain", "test_k": k, "mean": m, "std": s, "n": len(plain), "params": params})
+        lines.append(f"| {model} | {params:,} | plain | " + " | ".join(cells) + " |")
+        aug_cells = []
+        for k in test_ks:
+            sel = [r[f"test_k{k:g}"] for r in mrows if r["train_k"] is not None and float(r["train_k"]) == float(k)]
+            m, s = _mean_std(sel)
+            aug_cells.append("—" if not sel else f"{m:.3f} ± {s:.3f}")
+            if sel:
+                summary.append({"model": model, "train": "augmented", "test_k": k, "mean": m, "std": s, "n": len(sel), "params": params})
+        if any(c != "—" for c in aug_cells):
+            lines.append(f"| {model} | {params:,} | augmented (k) | " + " | ".join(aug_cells) + " |")
+    md = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(md)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "train", "test_k", "mean", "std", "n", "params"])
+        w.writeheader()
+        w.writerows(summary)
+    _plot(exp_name, summary, out / "results.png", exp.metric)
+    return md
+
+
+def _plot(exp_name: str, summary: list[dict[str, Any]], path: Path, metric: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for model in dict.fromkeys(r["model"] for r in summary):
+        for train, style in (("plain", "-o"), ("augmented", "--s")):
+            pts = [r for r in summary if r["model"] == model and r["train"] == train]
+            if pts:
+                ax.errorbar([r["test_k"] for r in pts], [r["mean"] for r in pts], yerr=[r["std"] for r in pts],
+                            fmt=style, capsize=3, label=f"{model} ({train})")
+    ax.set_title(f"{exp_name}: test {metric} under scale augmentation")
+    ax.set_xlabel("test-time scales log-uniform in [1, 10^k]: k")
+    ax.set_ylabel(f"test {metric}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run_experiment(
+    name: str,
+    out: str | Path,
+    zoo_dir: str | Path | None = None,
+    seeds: int = 3,
+    test_ks: list[float] | None = None,
+    train_ks: list[float] | None = None,
+    models: list[str] | None = None,
+    epochs: int | None = None,
+    workers: int = 1,
+    command: str = "",
+) -> str:
+    """Run the grid of experiment ``name`` and write its tables to ``out``; returns the markdown table."""
+    if name not in EXPERIMENTS:
+        raise QegraphError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    exp = EXPERIMENTS[name]
+    out = Path(out)
+    zoo = Path(zoo_dir) if zoo_dir else out / "zoo"
+    ensure_zoo(exp, zoo)
+    test_ks = [0, 1, 2, 3, 4] if test_ks is None else test_ks
+    train_ks = [] if train_ks is None else train_ks
+    chosen = list(exp.models) if models is None else models
+    unknown = [m for m in chosen if m not in exp.models]
+    if unknown:
+        raise QegraphError(f"unknown model(s) {unknown} for {name}; choose from {list(exp.models)}")
+    jobs = [(m, s, None, test_ks) for s in range(seeds) for m in chosen]
+    jobs += [(m, s, float(k), [float(k)]) for k in train_ks for s in range(seeds) for m in chosen]
+    rows: list[dict[str, Any]] = []
+    done_path = out / "runs.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    if done_path.is_file():  # resume: skip finished jobs
+        rows = [json.loads(line) for line in done_path.read_text().splitlines() if line.strip()]
+    finished = {(r["model"], r["seed"], r["train_k"]) for r in rows}
+    todo = [j for j in jobs if (j[0], j[1], j[2]) not in finished]
+    from tqdm.auto import tqdm
+
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool, \
+            open(done_path, "a") as log, tqdm(total=len(todo), desc=name, unit="run") as bar:
+        futures = [pool.submit(run_job, name, str(zoo), m, s, tk, ks, epochs) for m, s, tk, ks in todo]
+        for fut in as_completed(futures):
+            row = fut.result()
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.update()
+    return write_tables(name, rows, out, test_ks, command or f"qegraph experiment {name}")
+
+
+class _Inline:
+    """A sequential stand-in for ProcessPoolExecutor (workers=1)."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        fut.set_result(fn(*args))
+        return fut
+
+
+def add_experiment_parser(sub: Any) -> None:
+    p = sub.add_parser("experiment", help="run a comparison grid and write results tables")
+    p.add_argument("name", choices=sorted(EXPERIMENTS))
+    p.add_argument("--out", help="output folder (default outputs/experiments/NAME)")
+    p.add_argument("--zoo", help="zoo folder (generated there if absent; default OUT/zoo)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--test-ks", type=float, nargs="*", default=[0, 1, 2, 3, 4])
+    p.add_argument("--train-ks", type=float, nargs="*", default=[2, 4], help="k values trained with augmentation")
+    p.add_argument("--models", nargs="*", help="subset of the experiment's models")
+    p.add_argument("--epochs", type=int, help="override the experiment's epochs")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+
+
+def run_experiment_cli(args: Any, argv: list[str]) -> None:
+    md = run_experiment(args.name, args.out or f"outputs/experiments/{args.name}", args.zoo, args.seeds, args.test_ks,
+                        args.train_ks, args.models, args.epochs, args.workers, command="qegraph " + " ".join(argv))
+    print(md)
