@@ -14,7 +14,10 @@ class GraphTask(L.LightningModule):
 
     Subclasses implement :meth:`loss` and :meth:`epoch_metrics`; predictions and targets of every
     validation/test step are gathered and scored once per epoch (rank metrics such as Kendall τ are
-    not averages of per-batch values).
+    not averages of per-batch values). Under DDP the per-rank buffers are gathered first; the
+    distributed sampler pads an evaluation set to a multiple of the world size by repeating
+    samples, so graphs carrying a ``zoo_id`` are de-duplicated by it before scoring and the metrics
+    equal a single-process run's.
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, max_lr_epochs: int | None = None) -> None:
@@ -23,7 +26,7 @@ class GraphTask(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.max_lr_epochs = max_lr_epochs
-        self._epoch_outputs: dict[str, list[tuple[Tensor, Tensor]]] = {"val": [], "test": []}
+        self._epoch_outputs: dict[str, list[tuple[Tensor, Tensor, Tensor | None]]] = {"val": [], "test": []}
 
     def forward(self, batch: Any) -> Tensor:
         return self.model(batch)
@@ -49,7 +52,9 @@ class GraphTask(L.LightningModule):
         out = self(batch)
         y = self.target(batch)
         self.log(f"{stage}/loss", self.loss(out, y), batch_size=int(batch.num_graphs), sync_dist=True)
-        self._epoch_outputs[stage].append((self.predict_values(out).detach(), y.detach()))
+        ids = getattr(batch, "zoo_id", None)
+        ids = ids.detach().reshape(-1) if isinstance(ids, Tensor) and ids.numel() == out.size(0) else None
+        self._epoch_outputs[stage].append((self.predict_values(out).detach(), y.detach(), ids))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -64,11 +69,17 @@ class GraphTask(L.LightningModule):
         buf = self._epoch_outputs[stage]
         if not buf:
             return
-        pred = torch.cat([p for p, _ in buf])
-        y = torch.cat([t for _, t in buf])
+        pred = torch.cat([p for p, _, _ in buf])
+        y = torch.cat([t for _, t, _ in buf])
+        ids = torch.cat([i for _, _, i in buf]) if all(i is not None for _, _, i in buf) else None
         buf.clear()
-        pred = self.all_gather(pred).reshape(-1, *pred.shape[1:]) if self.trainer.world_size > 1 else pred
-        y = self.all_gather(y).reshape(-1, *y.shape[1:]) if self.trainer.world_size > 1 else y
+        if self.trainer.world_size > 1:
+            pred = self.all_gather(pred).reshape(-1, *pred.shape[1:])
+            y = self.all_gather(y).reshape(-1, *y.shape[1:])
+            if ids is not None:  # drop the samples the DistributedSampler repeated to pad the last rank
+                ids = self.all_gather(ids).reshape(-1)
+                keep = _first_occurrences(ids)
+                pred, y = pred[keep], y[keep]
         for name, value in self.epoch_metrics(pred, y).items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("kendall_tau", "acc"), rank_zero_only=True)
 
@@ -84,3 +95,11 @@ class GraphTask(L.LightningModule):
             return opt
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.max_lr_epochs)
         return {"optimizer": opt, "lr_scheduler": sched}
+
+
+def _first_occurrences(ids: Tensor) -> Tensor:
+    """Indices of the first occurrence of each distinct value of ``ids``, in order."""
+    _, inverse = torch.unique(ids, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), ids.numel(), dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, inverse, torch.arange(ids.numel(), device=ids.device), reduce="amin")
+    return first.sort().values

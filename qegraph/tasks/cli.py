@@ -20,6 +20,19 @@ class QegraphCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, run the test loop on the best checkpoint and print its metrics")
 
+    def before_instantiate_classes(self) -> None:
+        """``--trainer.strategy ddp`` (or ``ddp_spawn``…) means DDP that tolerates unused parameters: a
+        metanetwork's parameters for symmetries a zoo lacks (e.g. the per-head GL gauge ``rho_gl`` on a
+        CNN or MLP zoo) get no gradient, which plain DDP refuses after the first step."""
+        cfg = self.config.get(self.subcommand) if self.subcommand else self.config
+        strategy = cfg.get("trainer", {}).get("strategy") if cfg is not None else None
+        if isinstance(strategy, str) and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+            from lightning.pytorch.strategies import StrategyRegistry
+
+            tolerant = f"{strategy}_find_unused_parameters_true"
+            if tolerant in StrategyRegistry:
+                cfg["trainer"]["strategy"] = tolerant
+
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit"):
             return

@@ -28,7 +28,7 @@ run through ``torch.func.functional_call`` of the module rebuilt once per archit
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +125,7 @@ class WeightEditing(GraphTask):
     metric). Metrics per epoch: ``mse`` (the edits) and ``baseline_mse`` (θ′ = θ).
     """
 
-    def __init__(self, model: nn.Module, transform: str = "dilate", image_size: int = 8, lr: float = 1e-3,
+    def __init__(self, model: nn.Module, transform: Literal["dilate", "invert"] = "dilate", image_size: int = 8, lr: float = 1e-3,
                  weight_decay: float = 0.0, max_lr_epochs: int | None = None) -> None:
         super().__init__(model, lr=lr, weight_decay=weight_decay, max_lr_epochs=max_lr_epochs)
         if transform not in TRANSFORMS:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -121,11 +122,11 @@ def run_job(exp_name: str, zoo_dir: str, model: str, seed: int, train_k: float |
     return results
 
 
-def ensure_zoo(exp: Experiment, zoo_dir: Path, seed: int = 0) -> None:
+def ensure_zoo(exp: Experiment, zoo_dir: Path, seed: int = 0, workers: int = 2) -> None:
     from qegraph.data import generate_zoo
 
     if not (zoo_dir / "manifest.json").is_file():
-        generate_zoo(exp.zoo_kind, zoo_dir, exp.zoo_models, seed=seed)
+        generate_zoo(exp.zoo_kind, zoo_dir, exp.zoo_models, seed=seed, workers=workers)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -217,7 +218,7 @@ def run_experiment(
     exp = EXPERIMENTS[name]
     out = Path(out)
     zoo = Path(zoo_dir) if zoo_dir else out / "zoo"
-    ensure_zoo(exp, zoo)
+    ensure_zoo(exp, zoo, workers=workers)
     test_ks = [0, 1, 2, 3, 4] if test_ks is None else test_ks
     train_ks = [] if train_ks is None else train_ks
     chosen = list(exp.models) if models is None else models
@@ -235,7 +236,8 @@ def run_experiment(
     todo = [j for j in jobs if (j[0], j[1], j[2]) not in finished]
     from tqdm.auto import tqdm
 
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool, \
+    spawn = multiprocessing.get_context("spawn")  # never fork a process that may have initialised CUDA
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) if workers > 1 else _Inline() as pool, \
             open(done_path, "a") as log, tqdm(total=len(todo), desc=name, unit="run") as bar:
         futures = [pool.submit(run_job, name, str(zoo), m, s, tk, ks, epochs) for m, s, tk, ks in todo]
         for fut in as_completed(futures):

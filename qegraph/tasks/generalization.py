@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,7 +19,7 @@ class GeneralizationPrediction(GraphTask):
     (the prediction is then :math:`\sigma(f(\theta))`). Metrics per epoch: Kendall τ, R², MAE.
     """
 
-    def __init__(self, model: nn.Module, loss: str = "bce", lr: float = 1e-3, weight_decay: float = 0.0,
+    def __init__(self, model: nn.Module, loss: Literal["mse", "bce"] = "bce", lr: float = 1e-3, weight_decay: float = 0.0,
                  max_lr_epochs: int | None = None) -> None:
         super().__init__(model, lr=lr, weight_decay=weight_decay, max_lr_epochs=max_lr_epochs)
         if loss not in ("mse", "bce"):
