@@ -16,6 +16,11 @@ def _as_tuple(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     return (x,) if isinstance(x, Tensor) else tuple(x)
 
 
+def _rel_err(ref: Tensor, other: Tensor) -> float:
+    scale = max(float(ref.abs().max()) if ref.numel() else 0.0, torch.finfo(ref.dtype).tiny)
+    return float((ref - other).abs().max()) / scale if ref.numel() else 0.0
+
+
 @torch.no_grad()
 def assert_functionally_equal(
     module_a: nn.Module,
@@ -40,23 +45,14 @@ def assert_functionally_equal(
     for i, (a, b) in enumerate(zip(ya, yb)):
         if a.shape != b.shape:
             raise AssertionError(f"output {i}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
-        scale = max(float(a.abs().max()), torch.finfo(a.dtype).tiny)
-        err = float((a - b).abs().max()) / scale
+        err = _rel_err(a, b)
         if not err <= rtol:
-            raise AssertionError(
-                f"output {i}: modules differ, max|a-b| = {err * scale:.3e} = {err:.3e} × max|a| "
-                f"(rtol {rtol:.1e})"
-            )
+            raise AssertionError(f"output {i}: modules differ, max|a-b| = {err:.3e} × max|a| (rtol {rtol:.1e})")
         worst = max(worst, err)
     return worst
 
 
 # ---------------------------------------------------------------------- metanetwork symmetry checks
-def _rel_err(ref: Tensor, other: Tensor) -> float:
-    scale = max(float(ref.abs().max()) if ref.numel() else 0.0, torch.finfo(ref.dtype).tiny)
-    return float((ref - other).abs().max()) / scale if ref.numel() else 0.0
-
-
 def _sampler(graph: ParameterGraph, generator: torch.Generator | None, scale_range: tuple[float, float]):
     group = symmetry_group(graph)
     return lambda: group.sample(generator=generator, scale_range=scale_range)
