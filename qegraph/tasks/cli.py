@@ -7,6 +7,7 @@ Any :class:`~qegraph.tasks.base.GraphTask` (with any metanetwork from ``qegraph.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import lightning as L
@@ -41,13 +42,21 @@ class QegraphCLI(LightningCLI):
 
 
 def run_lightning(argv: Sequence[str]) -> None:
-    """Run ``qegraph <subcommand> ...`` through LightningCLI."""
-    QegraphCLI(
-        GraphTask,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=list(argv),
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    """Run ``qegraph <subcommand> ...`` through LightningCLI (``argv`` as if typed after ``qegraph``).
+
+    LightningCLI reads ``sys.argv`` itself, so it is set to ``argv`` for the call (and restored), which
+    also lets ``main([...])`` be used in-process.
+    """
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "qegraph", *argv]
+    try:
+        QegraphCLI(
+            GraphTask,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    finally:
+        sys.argv = saved
