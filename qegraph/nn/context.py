@@ -5,8 +5,8 @@ feature types of nodes and edges, inverse in/out degrees (mean aggregation as a 
 precomputed factor), the reversed edge index (messages against edge direction), the *unit slot* of
 every node (``ptr[sym_group] + sym_member``: nodes tied by residual additions or norms, and the d
 coordinates of a head, share one slot and hence one gauge element), and the (graph, depth)
-segments used for per-layer statistics and pooling, and the set of feature types present (so that
-canonicalizations of absent types are never computed).
+segments used for per-layer statistics and pooling, and the rows of each feature type (so that
+canonicalizations are computed only on the rows that need them, never for absent types).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch_geometric.utils import degree
 from qegraph.graph.parameter_graph import ParameterGraph
 from qegraph.graph.types import EdgeType, SymKind
 from qegraph.nn.gl import GLStructure
-from qegraph.nn.types import FeatureType, group_feature_types
+from qegraph.nn.types import FeatureType, TypedRows, group_feature_types
 from qegraph.symmetry.group import SymmetryGroup
 
 
@@ -47,6 +47,8 @@ class GraphContext:
     param_free: Tensor  # [E] bool, edge without parameters whose endpoints are tied (ratio 1)
     group: SymmetryGroup
     gl: GLStructure | None  # attention-head blocks and rows (None: no GL features)
+    node_rows: TypedRows  # node ids by FeatureType
+    edge_rows: TypedRows  # edge ids by FeatureType
     node_types: frozenset[int] = frozenset(int(t) for t in FeatureType)  # FeatureTypes occurring in node_ftype
     edge_types: frozenset[int] = frozenset(int(t) for t in FeatureType)  # ... in edge_ftype
 
@@ -77,10 +79,12 @@ class GraphContext:
         seg_keys, layer_seg = torch.unique(key, return_inverse=True)
         etype = graph.edge_type.to(dev)
         param_free = (graph.edge_width.to(dev) == 0) & (etype != int(EdgeType.QK_PAIR))
-        present = torch.unique(torch.cat([node_ftype, edge_ftype + len(FeatureType)])).tolist()
+        node_rows, edge_rows = TypedRows.of(node_ftype), TypedRows.of(edge_ftype)
         return cls(
-            node_types=frozenset(t for t in present if t < len(FeatureType)),
-            edge_types=frozenset(t - len(FeatureType) for t in present if t >= len(FeatureType)),
+            node_types=node_rows.present,
+            edge_types=edge_rows.present,
+            node_rows=node_rows,
+            edge_rows=edge_rows,
             graph=graph,
             num_nodes=n,
             num_graphs=num_graphs,

@@ -32,6 +32,7 @@ coordinates of a head; query→key pairing edges stay zero.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
@@ -78,7 +79,7 @@ class EquivariantConv(MessagePassing):
         return self.node_update(z, e, ctx), e
 
     def _edge_step(self, e: Tensor, ie: Tensor, ih: Tensor, ctx: GraphContext) -> Tensor:
-        """:meth:`edge_update` for all edges (``φ_a`` only evaluated when invariant edges exist)."""
+        """:meth:`edge_update` for all edges (``φ_a`` only evaluated on the invariant edges)."""
         c = self.channels
         src, dst = ctx.edge_index
         lin1, act, lin2 = self.edge_mlp[0], self.edge_mlp[1], self.edge_mlp[2]
@@ -87,16 +88,15 @@ class EquivariantConv(MessagePassing):
         proj_v = ih @ w[:, 2 * c :].t()
         pre = torch.addmm(gather_rows(proj_u, src) + gather_rows(proj_v, dst), ie, w[:, :c].t())
         hidden = act(pre)
-        has_inv = int(FeatureType.INVARIANT) in ctx.edge_types
-        if has_inv:
-            g, a = lin2(hidden).chunk(2, dim=1)
-        else:
-            g = torch.nn.functional.linear(hidden, lin2.weight[:c], lin2.bias[:c])
+        g = F.linear(hidden, lin2.weight[:c], lin2.bias[:c])
         out = torch.addcmul(self.edge_lin(e), e, torch.sigmoid(g))
-        if has_inv:
-            inv = (ctx.edge_ftype == FeatureType.INVARIANT).unsqueeze(1).to(out.dtype)
-            out = torch.addcmul(out, inv, a)
-        return out
+        if int(FeatureType.INVARIANT) not in ctx.edge_types:
+            return out
+        w_a, b_a = lin2.weight[c:], lin2.bias[c:]
+        if len(ctx.edge_types) == 1:  # every edge invariant
+            return out + F.linear(hidden, w_a, b_a)
+        inv = ctx.edge_rows.invariant
+        return out.index_add(0, inv, F.linear(gather_rows(hidden, inv), w_a, b_a))
 
     def edge_update(self, e: Tensor, ie: Tensor, ih_i: Tensor, ih_j: Tensor, inv_edge: Tensor) -> Tensor:
         """e' = W_e e + e ⊙ σ(φ_g) + [invariant] φ_a (``_j``: source u, ``_i``: target v)."""

@@ -5,6 +5,9 @@
 ``F.embedding`` gathers rows several times faster than ``index_select`` / advanced indexing, and
 ``index_add_`` scatters rows faster than ``embedding``'s backward (which sorts the indices), so the
 pair is implemented as two autograd functions using the fast kernel in both directions.
+``replace_rows(x, idx, rows)`` (x with the rows ``idx`` overwritten) is the sparse counterpart of
+``torch.where(mask, values, x)``: it touches only the replaced rows instead of building full-size
+value and mask tensors, and its backward is a fill and a gather.
 
 ``torch_scatter`` (the optional extra) is used for the scatter-sum when
 :func:`set_scatter_backend` selects it (benchmarks compare both); the default is native PyTorch.
@@ -67,6 +70,20 @@ class _Scatter(torch.autograd.Function):
         return _gather(g.contiguous(), idx), None, None
 
 
+class _Replace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, idx: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(idx)
+        return x.index_copy(0, idx, rows)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, None, Tensor | None]:  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        gx = g.index_fill(0, idx, 0) if ctx.needs_input_grad[0] else None
+        grows = _gather(g.contiguous(), idx) if ctx.needs_input_grad[2] else None
+        return gx, None, grows
+
+
 def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     """``x[idx]`` along dim 0 (``idx`` int64)."""
     return _Gather.apply(x, idx)
@@ -75,3 +92,8 @@ def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
 def scatter_sum(src: Tensor, idx: Tensor, n: int) -> Tensor:
     """``out[i] = Σ_{j: idx[j]=i} src[j]``, ``out`` with ``n`` rows (``idx`` int64)."""
     return _Scatter.apply(src, idx, n)
+
+
+def replace_rows(x: Tensor, idx: Tensor, rows: Tensor) -> Tensor:
+    """A copy of ``x`` whose rows ``idx`` (distinct, int64) are ``rows``; ``x`` is not modified."""
+    return _Replace.apply(x, idx, rows)

@@ -25,10 +25,15 @@ quotient in [-1, 1], exact up to one rounding whatever the size of m, so neither
 features over- or underflow in the square), then by the norm of that vector, which lies in [1, √c].
 No quantity is ever divided by a number that can be close to zero independently of its numerator; an
 exactly zero vector (e.g. a bias-free unit before message passing) canonicalizes to 0.
+
+In a table mixing feature types (nodes or edges of a batch), only the rows of scaled types are
+canonicalized (:class:`TypedRows` lists them once per batch) and written back together with the GL
+pairings by one :func:`~qegraph.nn.ops.replace_rows`; every row keeps the value of the formula above.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -36,7 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from qegraph.graph.types import SymKind
-from qegraph.nn.gl import gl_invariants
+from qegraph.nn.gl import gl_edge_invariants, gl_node_invariants
+from qegraph.nn.ops import gather_rows, replace_rows
 
 if TYPE_CHECKING:
     from qegraph.nn.context import GraphContext
@@ -113,6 +119,24 @@ def direction(x: Tensor) -> Tensor:
 _ALL = frozenset(int(t) for t in FeatureType)
 
 
+@dataclass
+class TypedRows:
+    """The rows of one feature table (the nodes or the edges of a batch) by feature type."""
+
+    ftype: Tensor  # [n] FeatureType per row
+    present: frozenset[int]  # the FeatureTypes occurring in ftype
+    invariant: Tensor  # ids of the INVARIANT rows
+    scale: Tensor  # ids of the SCALE rows
+    nonzero: Tensor  # ids of the NONZERO rows
+
+    @classmethod
+    def of(cls, ftype: Tensor) -> TypedRows:
+        present = frozenset(torch.unique(ftype).tolist())
+        kinds = (FeatureType.INVARIANT, FeatureType.SCALE, FeatureType.NONZERO)
+        ids = [torch.nonzero(ftype == t).flatten() for t in kinds]
+        return cls(ftype, present, *ids)
+
+
 class Canonicalizer(nn.Module):
     """Invariant of a scalar-typed feature (formula in the module docstring): ``[*, c] -> [*, c]``."""
 
@@ -145,33 +169,44 @@ class Canonicalizer(nn.Module):
             return torch.where(t == FeatureType.NONZERO, nz, x)
         return torch.where(t == FeatureType.SCALE, u, torch.where(t == FeatureType.NONZERO, nz, x))
 
+    def table(self, x: Tensor, rows: TypedRows, ids: Tensor | None = None, values: Tensor | None = None) -> Tensor:
+        """``forward(x, rows.ftype, rows.present)`` of a ``[n, c]`` table, with the rows ``ids`` (distinct
+        from the scaled rows) set to ``values``. A table of one type goes through :meth:`forward`;
+        otherwise only the SCALE / NONZERO rows are canonicalized, and all replaced rows are written
+        into a copy of ``x`` at once."""
+        if ids is None and len(rows.present) <= 1:
+            return self(x, rows.ftype, rows.present)
+        idx, new = [], []
+        if rows.scale.numel():
+            idx.append(rows.scale)
+            new.append(direction(gather_rows(x, rows.scale)))
+        if rows.nonzero.numel():
+            u = direction(gather_rows(x, rows.nonzero))
+            idx.append(rows.nonzero)
+            new.append(u * self.pair(u))
+        if ids is not None and values is not None:
+            idx.append(ids)
+            new.append(values)
+        if not idx:
+            return x
+        return replace_rows(x, torch.cat(idx), torch.cat(new))
+
 
 def invariants(canon: Canonicalizer, h: Tensor, e: Tensor, ctx: GraphContext) -> tuple[Tensor, Tensor]:
     """ι of every node and edge feature: scalar types by ``canon``, GL blocks and rows by their
-    pairings (:func:`qegraph.nn.gl.gl_invariants`)."""
-    ih = canon(h, ctx.node_ftype, ctx.node_types)
-    ie = canon(e, ctx.edge_ftype, ctx.edge_types)
-    if ctx.gl is None:
-        return ih, ie
-    gh, ge = gl_invariants(h, e, ctx.gl)
-    gl = int(FeatureType.GL)
-    return (torch.where((ctx.node_ftype == gl).unsqueeze(1), gh, ih),
-            torch.where((ctx.edge_ftype == gl).unsqueeze(1), ge, ie))
+    pairings (:mod:`qegraph.nn.gl`)."""
+    return node_invariants(canon, h, e, ctx), edge_invariants(canon, h, e, ctx)
 
 
 def node_invariants(canon: Canonicalizer, h: Tensor, e: Tensor, ctx: GraphContext) -> Tensor:
     """``invariants(...)[0]`` without canonicalizing the edges (``e`` is read only for GL pairings)."""
-    ih = canon(h, ctx.node_ftype, ctx.node_types)
     if ctx.gl is None:
-        return ih
-    gh = gl_invariants(h, e, ctx.gl)[0]
-    return torch.where((ctx.node_ftype == int(FeatureType.GL)).unsqueeze(1), gh, ih)
+        return canon.table(h, ctx.node_rows)
+    return canon.table(h, ctx.node_rows, ctx.gl.node_ids, gl_node_invariants(h, e, ctx.gl))
 
 
 def edge_invariants(canon: Canonicalizer, h: Tensor, e: Tensor, ctx: GraphContext) -> Tensor:
     """``invariants(...)[1]`` without canonicalizing the nodes (``h`` is read only for GL pairings)."""
-    ie = canon(e, ctx.edge_ftype, ctx.edge_types)
     if ctx.gl is None:
-        return ie
-    ge = gl_invariants(h, e, ctx.gl)[1]
-    return torch.where((ctx.edge_ftype == int(FeatureType.GL)).unsqueeze(1), ge, ie)
+        return canon.table(e, ctx.edge_rows)
+    return canon.table(e, ctx.edge_rows, ctx.gl.edge_ids, gl_edge_invariants(h, e, ctx.gl))
