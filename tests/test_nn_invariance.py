@@ -109,6 +109,25 @@ def test_gauge_bounded_by_construction(g: dict) -> None:
     assert bool((s[~ffn] == 1).all())  # fixed stream, heads (GL instead): no scale
 
 
+@pytest.mark.parametrize("arch", ["relu_mlp", "transformer"])
+def test_fixed_epsilon_gauge(g: dict, arch: str) -> None:
+    """A fixed ε: no ρ is learned, the gauge is still non-trivial, the model still exactly invariant."""
+    model = _model(QuasiGMN, epsilon=0.9)
+    assert not any(n.endswith(("rho", "rho_gl")) for n, _ in model.named_parameters())
+    assert assert_invariant(model, g[arch], n=2, scale_range=SCALES, generator=_gen()) <= 1e-9
+    gauge = QuasiGauge(6, epsilon=0.9).double()
+    ctx = GraphContext.from_graph(g[arch])
+    h = torch.randn(g[arch].num_nodes, 6, dtype=torch.float64)
+    if arch == "relu_mlp":
+        s = gauge.slot_scales(h, ctx)
+        assert float((s - 1).abs().max()) > 1e-2 and bool((s > 0.1 - 1e-12).all())
+    else:
+        m = gauge.gl_matrices(h, ctx)
+        assert any(float((a - torch.eye(a.size(-1))).abs().max()) > 1e-3 for a in m)
+    with pytest.raises(qegraph.QegraphError, match="fixed epsilon"):
+        QuasiGauge(6, epsilon=1.0)
+
+
 def test_sign_units_get_no_scale(g: dict) -> None:
     graph = g["siren"]
     ctx = GraphContext.from_graph(graph)

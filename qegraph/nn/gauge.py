@@ -6,7 +6,8 @@ For every unit slot u of a SCALE or NONZERO group (both admit positive scalings)
     s_u = 1 + \varepsilon \sin(\gamma_u), \qquad \varepsilon = \varepsilon_{max}\,\mathrm{sigmoid}(\rho)
     \in (0, \varepsilon_{max}) \subset (0, 1),
 
-so s_u ∈ (0, 2) is a positive scale bounded away from 0. γ is a small MLP reading the unit's own
+or, with a fixed ``epsilon``, ε = epsilon ∈ (0, 1) (no ρ is learned). So s_u ∈ (0, 2) is a positive
+scale bounded away from 0. γ is a small MLP reading the unit's own
 features a_v = asinh(h_v) and statistics of its layer (per-channel mean, variance and quantiles of a
 over the nodes of the same graph and depth); it needs no invariance. Nodes tied into one unit (by
 residual additions or norms) average their γ, so the whole slot gets one element, **shared by all c
@@ -21,7 +22,7 @@ For attention heads (kind HEADS), per head a query/key matrix A and a value matr
 
 .. math::
     A = I + \varepsilon_d \sin(\Gamma), \quad \Gamma = u w^\top, \quad
-    \varepsilon_d = \varepsilon_{max}\,\mathrm{sigmoid}(\rho_{GL}) / d,
+    \varepsilon_d = \varepsilon_{max}\,\mathrm{sigmoid}(\rho_{GL}) / d \ (\text{or } \varepsilon / d \text{ when fixed}),
 
 so ‖ε_d sin Γ‖₂ ≤ ‖ε_d sin Γ‖_F ≤ ε_d·d < 1 and A is invertible; u (from the query block) and w (from
 the key block) are per-coordinate outputs of the same small MLP (u, w from the value block for B).
@@ -54,21 +55,34 @@ class QuasiGauge(nn.Module):
     """Per-unit positive scales α(θ) (formula in the module docstring)."""
 
     def __init__(
-        self, channels: int, hidden: int = 8, epsilon_max: float = 0.5, quantiles: Sequence[float] = (0.1, 0.5, 0.9)
+        self, channels: int, hidden: int = 8, epsilon_max: float = 0.5, quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+        *, epsilon: float | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < epsilon_max <= 1.0:
             raise QegraphError(f"epsilon_max must lie in (0, 1] so that every scale is positive, got {epsilon_max}")
+        if epsilon is not None and not 0.0 < epsilon < 1.0:
+            raise QegraphError(f"a fixed epsilon must lie in (0, 1) so that every scale is positive, got {epsilon}")
         self.epsilon_max = float(epsilon_max)
+        self.fixed_epsilon = None if epsilon is None else float(epsilon)
         self.quantiles = tuple(float(q) for q in quantiles)
-        self.rho = nn.Parameter(torch.zeros(()))
-        self.rho_gl = nn.Parameter(torch.zeros(()))
+        if self.fixed_epsilon is None:
+            self.rho = nn.Parameter(torch.zeros(()))
+            self.rho_gl = nn.Parameter(torch.zeros(()))
         # one small MLP: output 0 is γ (scales), outputs 1, 2 are u, w (GL matrices)
         self.gamma = mlp([(3 + len(self.quantiles)) * channels, hidden, 3])
 
-    def epsilon(self) -> Tensor:
-        """ε = ε_max · sigmoid(ρ) ∈ (0, ε_max)."""
+    def epsilon(self) -> Tensor | float:
+        """ε = ε_max · sigmoid(ρ) ∈ (0, ε_max), or the fixed ε."""
+        if self.fixed_epsilon is not None:
+            return self.fixed_epsilon
         return self.epsilon_max * torch.sigmoid(self.rho)
+
+    def epsilon_gl(self) -> Tensor | float:
+        """The GL gauge's ε (before division by the block size d): ε_max · sigmoid(ρ_GL), or the fixed ε."""
+        if self.fixed_epsilon is not None:
+            return self.fixed_epsilon
+        return self.epsilon_max * torch.sigmoid(self.rho_gl)
 
     def _inputs(self, h: Tensor, ctx: GraphContext) -> Tensor:
         """γ's input per node: asinh(h_v) and its layer's mean, variance and quantiles of asinh(h)."""
@@ -119,7 +133,7 @@ class QuasiGauge(nn.Module):
             paired = r.partner >= 0
             qk = r.role != int(GLRole.VALUE)
             w = torch.where(paired.unsqueeze(1), w[r.partner.clamp(min=0)], w)
-            eps = self.epsilon_max * torch.sigmoid(self.rho_gl) / r.d
+            eps = self.epsilon_gl() / r.d
             eye = torch.eye(r.d, dtype=h.dtype, device=h.device)
             m = eye + eps * torch.sin(u.unsqueeze(2) * w.unsqueeze(1))
             key = r.role == int(GLRole.KEY)

@@ -26,10 +26,11 @@ class QuasiLayer(nn.Module):
     """``(h, e) -> (h', e', gauge)``; gauge = (s per node, ρ per head block) applied by α, ``None``
     without gauge."""
 
-    def __init__(self, channels: int, *, gauge: bool = True, epsilon_max: float = 0.5, gauge_hidden: int = 8) -> None:
+    def __init__(self, channels: int, *, gauge: bool = True, epsilon_max: float = 0.5, gauge_hidden: int = 8,
+                 epsilon: float | None = None) -> None:
         super().__init__()
         self.beta = EquivariantConv(channels)
-        self.gauge = QuasiGauge(channels, gauge_hidden, epsilon_max) if gauge else None
+        self.gauge = QuasiGauge(channels, gauge_hidden, epsilon_max, epsilon=epsilon) if gauge else None
 
     def forward(
         self, h: Tensor, e: Tensor, ctx: GraphContext

@@ -52,6 +52,7 @@ class GMNBackbone(nn.Module):
         epsilon_max: float = 0.5,
         gauge_hidden: int = 8,
         max_slots: int = 64,
+        epsilon: float | None = None,
     ) -> None:
         super().__init__()
         if perm_only and gauge:
@@ -62,7 +63,7 @@ class GMNBackbone(nn.Module):
         self.node_encoder = NodeEncoder(hidden_dim)
         self.edge_encoder = EdgeEncoder(hidden_dim, max_slots)
         self.layers = nn.ModuleList(
-            QuasiLayer(hidden_dim, gauge=gauge, epsilon_max=epsilon_max, gauge_hidden=gauge_hidden)
+            QuasiLayer(hidden_dim, gauge=gauge, epsilon_max=epsilon_max, gauge_hidden=gauge_hidden, epsilon=epsilon)
             for _ in range(num_layers)
         )
 
@@ -92,11 +93,12 @@ class _InvariantGMN(nn.Module):
         gauge_hidden: int,
         readout_hidden: int | None,
         max_slots: int,
+        epsilon: float | None = None,
     ) -> None:
         super().__init__()
         self.backbone = GMNBackbone(
             hidden_dim=hidden_dim, num_layers=num_layers, gauge=gauge, perm_only=perm_only,
-            epsilon_max=epsilon_max, gauge_hidden=gauge_hidden, max_slots=max_slots,
+            epsilon_max=epsilon_max, gauge_hidden=gauge_hidden, max_slots=max_slots, epsilon=epsilon,
         )
         self.readout = InvariantReadout(hidden_dim, out_dim, readout_hidden)
 
@@ -106,7 +108,8 @@ class _InvariantGMN(nn.Module):
 
 
 class QuasiGMN(_InvariantGMN):
-    """Quasi-equivariant graph metanetwork with an exactly invariant head. ``gauge=False``: α off."""
+    """Quasi-equivariant graph metanetwork with an exactly invariant head. ``gauge=False``: α off;
+    ``epsilon``: a fixed gauge strength ε ∈ (0, 1) instead of the learned ε ∈ (0, ``epsilon_max``)."""
 
     def __init__(
         self,
@@ -116,13 +119,14 @@ class QuasiGMN(_InvariantGMN):
         num_layers: int = 4,
         gauge: bool = True,
         epsilon_max: float = 0.5,
+        epsilon: float | None = None,
         gauge_hidden: int = 8,
         readout_hidden: int | None = None,
         max_slots: int = 64,
     ) -> None:
         super().__init__(out_dim=out_dim, hidden_dim=hidden_dim, num_layers=num_layers, gauge=gauge, perm_only=False,
                          epsilon_max=epsilon_max, gauge_hidden=gauge_hidden, readout_hidden=readout_hidden,
-                         max_slots=max_slots)
+                         max_slots=max_slots, epsilon=epsilon)
 
 
 class StrictGMN(_InvariantGMN):
@@ -155,12 +159,14 @@ class WeightSpaceGMN(nn.Module):
         gauge: bool = True,
         delta: bool = True,
         epsilon_max: float = 0.5,
+        epsilon: float | None = None,
         gauge_hidden: int = 8,
         max_slots: int = 64,
     ) -> None:
         super().__init__()
         self.backbone = GMNBackbone(hidden_dim=hidden_dim, num_layers=num_layers, gauge=gauge,
-                                    epsilon_max=epsilon_max, gauge_hidden=gauge_hidden, max_slots=max_slots)
+                                    epsilon_max=epsilon_max, gauge_hidden=gauge_hidden, max_slots=max_slots,
+                                    epsilon=epsilon)
         self.decoder = WeightDecoder(hidden_dim, max_slots, delta=delta)
 
     def forward(self, graph: ParameterGraph) -> ParameterGraph:
