@@ -14,6 +14,7 @@ from qegraph.data.digits import load_digits_data, pixel_grid
 from qegraph.data.generate import generate_zoo
 from qegraph.data.store import Zoo
 from qegraph.data.zoo_cnn import CNNFamily
+from qegraph.data.zoo_inr import INRFamily
 from qegraph.data.zoo_transformer import TransformerFamily
 from qegraph.errors import QegraphError
 
@@ -170,3 +171,22 @@ def test_worker_processes_give_the_same_zoo(tmp_path: Path) -> None:
     generate_zoo("inr", tmp_path / "one", 6, seed=0, chunk_size=2, progress=False, workers=1)
     generate_zoo("inr", tmp_path / "two", 6, seed=0, chunk_size=2, progress=False, workers=2)
     assert_same_zoo(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.parametrize("init", ["shared", "independent"])
+def test_inr_initialisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, init: str) -> None:
+    """``shared``: every INR of the zoo (across chunks) starts from one SIREN initialisation drawn from
+    the zoo seed; ``independent``: each starts from its own. The choice is recorded, and resuming the
+    folder with the other choice is refused."""
+    monkeypatch.setattr(INRFamily, "fit_steps", 0)  # the stored weights are the initialisation itself
+    generate_zoo("inr", tmp_path / "z", 4, seed=3, chunk_size=2, progress=False, options={"init": init})
+    zoo = Zoo(tmp_path / "z")
+    sds = [sd for _, sd in zoo.iter_state_dicts()]
+    same = [all(torch.equal(sds[0][k], sd[k]) for k in sd) for sd in sds[1:]]
+    assert same == ([True] * 3 if init == "shared" else [False] * 3)
+    assert {r["config.init"] for r in zoo.rows} == {init}
+    other = "independent" if init == "shared" else "shared"
+    with pytest.raises(QegraphError, match="other arguments"):
+        generate_zoo("inr", tmp_path / "z", 4, seed=3, chunk_size=2, progress=False, options={"init": other})
+    with pytest.raises(QegraphError, match="invalid options"):
+        generate_zoo("inr", tmp_path / "bad", 4, progress=False, options={"init": "zeros"})

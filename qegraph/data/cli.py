@@ -11,6 +11,7 @@ import os
 from qegraph.data.generate import FAMILIES, generate_zoo
 from qegraph.data.layouts import EXPORTERS, IMPORTERS
 from qegraph.data.store import Zoo
+from qegraph.data.zoo_inr import INRFamily
 
 _DEFAULT_MODELS = {"cnn": 1000, "mlp": 1000, "inr": 1000, "transformer": 200}
 _HELP = {
@@ -35,6 +36,9 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         g.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                        help="processes training chunks in parallel (results do not depend on it)")
         g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        if kind == "inr":
+            g.add_argument("--init", choices=INRFamily.INITS, default="shared",
+                           help="start every INR from one shared SIREN initialisation (default) or from its own")
     info = zsub.add_parser("info", help="counts, architectures and metric summary of a zoo")
     info.add_argument("dir")
     exp = zsub.add_parser("export", help="write a zoo in a public layout")
@@ -56,8 +60,9 @@ def run_zoo(args: argparse.Namespace) -> None:
     """Run a parsed ``qegraph zoo …`` command (raises ``QegraphError`` on user errors)."""
     cmd = args.zoo_command
     if cmd in FAMILIES:
+        options = {"init": args.init} if cmd == "inr" else {}
         out = generate_zoo(cmd, args.out, args.num_models, seed=args.seed, chunk_size=args.chunk_size,
-                           progress=not args.no_progress, workers=args.workers)
+                           progress=not args.no_progress, workers=args.workers, options=options)
         print(Zoo(out).summary())
     elif cmd == "info":
         print(Zoo(args.dir).summary())

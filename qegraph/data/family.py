@@ -56,6 +56,11 @@ class ZooFamily(ABC):
         """The largest zoo this family can generate (None: unbounded)."""
         return None
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The family's effective constructor options (recorded in the manifest; resuming must match)."""
+        return {}
+
 
 class ClassifierFamily(ZooFamily):
     """Digit classifiers trained with :func:`train_classifiers`, grouped by architecture."""

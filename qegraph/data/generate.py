@@ -38,11 +38,11 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _train_in_worker(kind: str, runs: list[tuple[int, dict[str, Any]]], seed: int, chunk: int,
-                     queue: Any) -> list[TrainedCheckpoint]:
+def _train_in_worker(kind: str, options: dict[str, Any], runs: list[tuple[int, dict[str, Any]]], seed: int,
+                     chunk: int, queue: Any) -> list[TrainedCheckpoint]:
     """Train one chunk in a worker process (single-threaded, progress sent through ``queue``)."""
     torch.set_num_threads(1)
-    return FAMILIES[kind]().train_chunk(runs, seed, chunk, queue.put)
+    return FAMILIES[kind](**options).train_chunk(runs, seed, chunk, queue.put)
 
 
 def generate_zoo(
@@ -54,6 +54,7 @@ def generate_zoo(
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
     workers: int = 1,
+    options: dict[str, Any] | None = None,
 ) -> Path:
     """Train ``num_models`` runs of zoo ``kind`` (``cnn``, ``mlp``, ``inr``, ``transformer``) into ``out``.
 
@@ -62,10 +63,15 @@ def generate_zoo(
     kernels gain little from threads and suffer badly from oversubscribed cores), in ``workers``
     processes; each chunk is one shard, written in order. Re-running with the same arguments after an
     interruption skips the finished chunks. ``on_chunk(k)`` is called after chunk ``k`` is on disk.
+    ``options`` are family-specific keyword arguments (e.g. ``{"init": "independent"}`` for ``inr``).
     """
     if kind not in FAMILIES:
         raise QegraphError(f"unknown zoo kind {kind!r}; choose from {', '.join(FAMILIES)}")
-    family = FAMILIES[kind]()
+    options = dict(options or {})
+    try:
+        family = FAMILIES[kind](**options)
+    except (TypeError, ValueError) as e:
+        raise QegraphError(f"invalid options {options} for a {kind} zoo: {e}") from None
     limit = family.max_runs()
     if num_models < 1 or (limit is not None and num_models > limit):
         raise QegraphError(f"--num-models must be between 1 and {limit or 'any'} for a {kind} zoo, got {num_models}")
@@ -80,8 +86,11 @@ def generate_zoo(
         "preprocessing": family.preprocessing(),
         "checkpoint_steps": list(getattr(family, "checkpoint_steps", ())),
     }
-    command = f"qegraph zoo {kind} --num-models {num_models} --seed {seed} --chunk-size {chunk} --out <this folder>"
+    flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(family.options.items()))
+    command = f"qegraph zoo {kind} --num-models {num_models} --seed {seed} --chunk-size {chunk}{flags} --out <this folder>"
     header = {"kind": kind, "num_models": num_models, "seed": seed, "chunk_size": chunk, "command": command}
+    if family.options:
+        header["options"] = family.options
     writer = ZooWriter(out, header, spec)
     todo = [k for k in range(math.ceil(num_models / chunk)) if k not in writer.done]
     chunk_runs = {k: [(r, configs[r]) for r in range(k * chunk, min(num_models, (k + 1) * chunk))] for k in todo}
@@ -98,7 +107,7 @@ def generate_zoo(
             ctx = mp.get_context("spawn")
             with ctx.Manager() as manager, ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
                 queue = manager.Queue()
-                futures = {k: pool.submit(_train_in_worker, kind, chunk_runs[k], seed, k, queue) for k in todo}
+                futures = {k: pool.submit(_train_in_worker, kind, options, chunk_runs[k], seed, k, queue) for k in todo}
                 try:
                     for k in todo:
                         while not futures[k].done():
