@@ -1,0 +1,74 @@
+"""The ``qegraph experiment`` grid runner: aggregation, resume and failure reporting.
+
+Training jobs are replaced by a function returning known metrics, so what is tested is the runner
+(the training itself is covered by tests/test_training.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qegraph.errors import QegraphError
+from qegraph.tasks import experiment as exp_mod
+
+MODELS = ["QuasiGMN", "StrictGMN"]
+
+
+def _fake_job(calls: list[tuple[Any, ...]], fail: str | None = None):
+    def run_job(name: str, zoo: str, model: str, seed: int, train_k: float | None, test_ks: list[float],
+                epochs: int | None = None) -> dict[str, Any]:
+        calls.append((model, seed, train_k))
+        if model == fail:
+            raise RuntimeError("out of memory")
+        base = 0.5 + 0.1 * MODELS.index(model) + 0.01 * seed
+        return {"model": model, "seed": seed, "train_k": train_k, "params": 7,
+                **{f"test_k{k:g}": base - 0.001 * k for k in test_ks}}
+
+    return run_job
+
+
+@pytest.fixture
+def no_zoo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exp_mod, "ensure_zoo", lambda *a, **k: None)
+
+
+def test_grid_tables_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_zoo: None) -> None:
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(exp_mod, "run_job", _fake_job(calls))
+    md = exp_mod.run_experiment("cnn_generalization", tmp_path, seeds=3, test_ks=[0, 2], train_ks=[2],
+                                models=MODELS, command="qegraph experiment cnn_generalization")
+    assert len(calls) == 2 * 3 * 2  # (plain + one augmented k) × seeds × models
+    with open(tmp_path / "results.csv") as f:
+        rows = {(r["model"], r["train"], float(r["test_k"])): r for r in csv.DictReader(f)}
+    strict = rows[("StrictGMN", "plain", 2.0)]
+    assert float(strict["mean"]) == pytest.approx(0.6 + 0.01 - 0.002)  # seeds 0, 1, 2 → mean offset 0.01
+    assert float(strict["std"]) == pytest.approx(0.01)
+    assert int(strict["n"]) == 3
+    assert ("QuasiGMN", "augmented", 2.0) in rows and ("QuasiGMN", "augmented", 0.0) not in rows
+    assert "| StrictGMN | 7 | plain | 0.608 ± 0.010 | 0.608 ± 0.010 |" not in md  # k=0 and k=2 differ
+    assert "| StrictGMN | 7 | plain | 0.610 ± 0.010 | 0.608 ± 0.010 |" in md
+    assert (tmp_path / "results.png").stat().st_size > 0
+    calls.clear()
+    exp_mod.run_experiment("cnn_generalization", tmp_path, seeds=3, test_ks=[0, 2], train_ks=[2], models=MODELS)
+    assert calls == []  # every job was already in runs.jsonl
+
+
+def test_failed_job_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_zoo: None) -> None:
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(exp_mod, "run_job", _fake_job(calls, fail="StrictGMN"))
+    with pytest.raises(QegraphError, match=r"job StrictGMN \(seed 0, train_k None\) failed: out of memory"):
+        exp_mod.run_experiment("cnn_generalization", tmp_path, seeds=2, test_ks=[0], train_ks=[], models=MODELS)
+    kept = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["seed"]) for r in kept] == [("QuasiGMN", 0)]
+
+
+def test_unknown_names(tmp_path: Path, no_zoo: None) -> None:
+    with pytest.raises(QegraphError, match="unknown experiment"):
+        exp_mod.run_experiment("nope", tmp_path)
+    with pytest.raises(QegraphError, match="unknown model"):
+        exp_mod.run_experiment("transformer_generalization", tmp_path, models=["StatNN"])
