@@ -44,7 +44,7 @@ from torch_geometric.data import Batch
 import qegraph
 from qegraph.nn import QuasiGMN, StrictGMN
 from qegraph.nn.context import GraphContext
-from qegraph.nn.types import FeatureType
+from qegraph.nn.types import FeatureType, join_feature_types
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -112,7 +112,7 @@ class DenseBatch:
         nft = torch.zeros(self.b, self.n, dtype=torch.long)
         nft[batch, self.local] = ctx.node_ftype
         self.node_ftype = nft
-        self.edge_ftype = torch.maximum(nft.unsqueeze(2), nft.unsqueeze(1))  # as GraphContext (no GL)
+        self.edge_ftype = join_feature_types(nft.unsqueeze(2), nft.unsqueeze(1))  # as GraphContext (no GL)
         self.inv_node = (nft == FeatureType.INVARIANT).unsqueeze(-1).to(dt)
         self.inv_edge = (self.edge_ftype == FeatureType.INVARIANT).unsqueeze(-1).to(dt)
         self.inv_in_deg = 1 / self.adj.sum(1).clamp(min=1)  # [B, n(v), 1]

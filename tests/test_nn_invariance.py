@@ -186,3 +186,120 @@ def test_perm_gmn_only_permutation_invariant(g: dict) -> None:
     assert_invariant(model, graph, n=2, scale_range=(1.0, 1.0), generator=_gen())  # permutations only
     with pytest.raises(AssertionError, match="not invariant"):
         assert_invariant(model, graph, n=1, scale_range=SCALES, generator=_gen())
+
+
+# ---------------------------------------------------------------------- sign-only units (SIREN, tanh)
+def _sign_groups(graph: qegraph.ParameterGraph) -> list[int]:
+    return torch.nonzero(graph.sym_kind == int(qegraph.SymKind.SIGN)).flatten().tolist()
+
+
+def test_feature_type_join() -> None:
+    """The type of an edge is the join of its endpoints' types (not a max: SCALE, SIGN incomparable)."""
+    from qegraph.nn.types import FeatureType as T
+    from qegraph.nn.types import join_feature_types
+
+    expect = {
+        (T.INVARIANT, T.INVARIANT): T.INVARIANT, (T.INVARIANT, T.SCALE): T.SCALE, (T.INVARIANT, T.SIGN): T.SIGN,
+        (T.INVARIANT, T.NONZERO): T.NONZERO, (T.SCALE, T.SCALE): T.SCALE, (T.SIGN, T.SIGN): T.SIGN,
+        (T.SCALE, T.SIGN): T.NONZERO, (T.SCALE, T.NONZERO): T.NONZERO, (T.SIGN, T.NONZERO): T.NONZERO,
+        (T.NONZERO, T.NONZERO): T.NONZERO,
+    }
+    for t in T:
+        expect[(t, T.GL)] = T.GL
+    for (a, b), t in expect.items():
+        for x, y in ((a, b), (b, a)):
+            assert int(join_feature_types(torch.tensor([int(x)]), torch.tensor([int(y)]))) == int(t), (x, y)
+
+
+@pytest.mark.parametrize("arch", ["siren", "tanh_mlp", "cnn_tanh"])
+def test_sign_units_get_sign_type(g: dict, arch: str) -> None:
+    from qegraph.nn import FeatureType
+
+    graph = g[arch]
+    ctx = GraphContext.from_graph(graph)
+    sign = (graph.sym_kind == int(qegraph.SymKind.SIGN))[graph.sym_group]
+    assert bool(sign.any())
+    assert bool((ctx.node_ftype[sign] == FeatureType.SIGN).all())
+    assert bool((ctx.node_ftype[~sign] != FeatureType.SIGN).all())
+    if arch in ("siren", "tanh_mlp"):  # only FIXED and SIGN units: every edge is SIGN
+        assert bool((ctx.edge_ftype == FeatureType.SIGN).all())
+        assert ctx.node_types == {int(FeatureType.INVARIANT), int(FeatureType.SIGN)}
+
+
+def _rescale_one_unit(graph: qegraph.ParameterGraph, q: float) -> qegraph.ParameterGraph:
+    """Unit 3 of the last SIGN group: incoming weights and bias × q, outgoing weights × 1/q (a positive
+    rescaling, a symmetry of a ReLU unit but not of a sine unit)."""
+    group = qegraph.symmetry_group(graph)
+    el = group.identity()
+    el.scale[int(group.ptr[_sign_groups(graph)[-1]]) + 3] = q
+    return el.act(graph)
+
+
+@pytest.mark.parametrize("cls", [QuasiGMN, StrictGMN])
+def test_sign_units_not_scale_invariant(g: dict, cls: type) -> None:
+    """A positive rescaling of one SIREN hidden unit changes the network function, so it must change
+    the model output (a SIGN unit must not be canonicalized like a nonzero-scale one, x/‖x‖)."""
+    from nn_nets import inputs
+
+    graph = g["siren"]
+    moved = _rescale_one_unit(graph, 2.0)
+    tmpl = modules()["siren"]
+    with pytest.raises(AssertionError, match="modules differ"):
+        qegraph.testing.assert_functionally_equal(graph.to_module(tmpl), moved.to_module(tmpl), inputs("siren"))
+    model = _model(cls)
+    with torch.no_grad():
+        ref, out = model(graph), model(moved)
+    # rtol of the invariance tests; with SIGN units typed NONZERO (u ⊙ Pu) the difference was exactly 0.
+    # At initialisation one unit of 16 moves the output by ~1e-6 relative (8 orders above rounding).
+    assert float((ref - out).abs().max()) > 1e-9 * float(ref.abs().max())
+    # sign flips and permutations remain exact symmetries
+    assert assert_invariant(model, graph, n=2, scale_range=SCALES, generator=_gen()) <= 1e-9
+
+
+def test_sign_invariants_keep_magnitude(g: dict) -> None:
+    """Two SIRENs that differ by scaling the weights and biases of one hidden layer by 1.1: the
+    canonicalized node and edge invariants after the encoder differ (they would agree to rounding
+    if SIGN units were canonicalized by x/‖x‖)."""
+    from qegraph.nn import FeatureType
+    from qegraph.nn.types import edge_invariants, node_invariants
+
+    graph = g["siren"]
+    layer = (graph.sym_group == _sign_groups(graph)[-1])
+    into = layer[graph.edge_index[1]]
+    moved = graph.with_features(x=torch.where(layer.unsqueeze(1), 1.1 * graph.x, graph.x),
+                                edge_attr=torch.where(into.unsqueeze(1), 1.1 * graph.edge_attr, graph.edge_attr))
+    model = _model(QuasiGMN)
+    canon = model.backbone.layers[0].beta.canon
+    ctx = GraphContext.from_graph(graph)
+    sign = ctx.node_ftype == FeatureType.SIGN
+    with torch.no_grad():
+        out = []
+        for gr in (graph, moved):
+            c = GraphContext.from_graph(gr)
+            h, e = model.backbone.node_encoder(c), model.backbone.edge_encoder(c)
+            out.append((node_invariants(canon, h, e, c), edge_invariants(canon, h, e, c)))
+    (ih0, ie0), (ih1, ie1) = out
+    rel_h = float((ih0[sign] - ih1[sign]).abs().max() / ih0[sign].abs().max())
+    rel_e = float((ie0[into] - ie1[into]).abs().max() / ie0[into].abs().max())
+    assert rel_h > 1e-3 and rel_e > 1e-3
+    assert torch.equal(ih0[~layer], ih1[~layer])  # other units untouched
+    # the invariant is homogeneous of degree 1: ι(1.1 h) = 1.1 ι(h) on the rescaled layer
+    assert torch.allclose(ih1[layer], 1.1 * ih0[layer], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("cls", [QuasiGMN, StrictGMN])
+def test_mixed_scale_and_sign_units_invariant(cls: type) -> None:
+    """ReLU units (SCALE) feeding tanh units (SIGN): the edges between them are NONZERO (σ_v / q_u),
+    and the models stay exactly invariant."""
+    from qegraph.nn import FeatureType
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.Tanh(),
+                              torch.nn.Linear(8, 3)).double()
+    graph = qegraph.to_graph(net)
+    ctx = GraphContext.from_graph(graph)
+    assert {int(FeatureType.SCALE), int(FeatureType.SIGN)} <= ctx.node_types
+    fu, fv = ctx.node_ftype[graph.edge_index[0]], ctx.node_ftype[graph.edge_index[1]]
+    between = (fu == FeatureType.SCALE) & (fv == FeatureType.SIGN)
+    assert bool(between.any()) and bool((ctx.edge_ftype[between] == FeatureType.NONZERO).all())
+    assert assert_invariant(_model(cls), graph, n=2, scale_range=SCALES, generator=_gen()) <= 1e-9

@@ -96,6 +96,48 @@ def test_direction_is_stable_float32() -> None:
     assert torch.equal(direction(torch.zeros(2, 3)), torch.zeros(2, 3))
 
 
+@pytest.mark.parametrize("delta", [True, False])
+@pytest.mark.parametrize("permute", [False, True])
+def test_decoder_sign_equivariant(g: dict, delta: bool, permute: bool) -> None:
+    """On a SIREN (FIXED and SIGN units only, so α = 1 and g′ = g) the decoded graph transforms exactly
+    like the input: model(g·θ) = g·model(θ) for sign flips (and permutations) of the hidden units."""
+    graph = g["siren"]
+    torch.manual_seed(4)
+    model = WeightSpaceGMN(hidden_dim=8, num_layers=2, delta=delta).double().requires_grad_(False)
+    gen = torch.Generator().manual_seed(8)
+    ref = model(graph)
+    for _ in range(2):
+        el = qegraph.symmetry_group(graph).sample(generator=gen, permute=permute)
+        assert bool((el.scale == -1).any()) and bool((el.scale == 1).any())
+        out, expect = model(el.act(graph)), el.act(ref)
+        for a, b in ((out.x, expect.x), (out.edge_attr, expect.edge_attr)):
+            assert float((a - b).abs().max()) <= 1e-12 * float(b.abs().max())
+    if not delta:  # the decoded weights really depend on the signs (the check is not vacuous)
+        flipped = el.act(graph)
+        assert not torch.allclose(model(flipped).edge_attr, ref.edge_attr)
+
+
+def test_sign_canonicalization_stable_float32() -> None:
+    """ι(x) = u ⊙ Sx of a SIGN feature: even, degree-1 homogeneous (keeps the magnitude), no over- or
+    underflow over 60 orders of magnitude, bounded gradient near 0, and 0 at x = 0."""
+    from qegraph.nn import Canonicalizer, FeatureType
+
+    torch.manual_seed(0)
+    canon = Canonicalizer(3)
+    ftype = torch.full((1,), int(FeatureType.SIGN))
+    v = torch.tensor([[3.0, -4.0, 0.5]])
+    ref = canon(v, ftype)
+    assert float(ref.abs().max()) > 0.1
+    for t in (-1e-30, -1e-15, -1.0, 1.0, 1e15, 1e30):
+        out = canon(v * t, ftype)
+        assert torch.isfinite(out).all()
+        assert torch.allclose(out, abs(t) * ref, rtol=1e-5, atol=0), t
+    x = (1e-20 * v).requires_grad_(True)
+    canon(x, ftype).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and float(x.grad.abs().max()) < 10
+    assert torch.equal(canon(torch.zeros(2, 3), torch.full((2,), int(FeatureType.SIGN))), torch.zeros(2, 3))
+
+
 def test_clear_errors(g: dict) -> None:
     with pytest.raises(QegraphError, match="max_slots"):
         QuasiGMN(hidden_dim=8, num_layers=1, max_slots=4).double()(g["cnn_relu"])

@@ -20,7 +20,7 @@ from torch_geometric.utils import degree
 from qegraph.graph.parameter_graph import ParameterGraph
 from qegraph.graph.types import EdgeType, SymKind
 from qegraph.nn.gl import GLStructure
-from qegraph.nn.types import FeatureType, TypedRows, group_feature_types
+from qegraph.nn.types import FeatureType, TypedRows, group_feature_types, join_feature_types
 from qegraph.symmetry.group import SymmetryGroup
 
 
@@ -34,7 +34,7 @@ class GraphContext:
     batch: Tensor  # [N] graph of each node
     edge_batch: Tensor  # [E] graph of each edge
     node_ftype: Tensor  # [N] FeatureType
-    edge_ftype: Tensor  # [E] FeatureType (max of the endpoints' scalar types; GL if one endpoint is GL)
+    edge_ftype: Tensor  # [E] FeatureType: join of the endpoints' types (types.join_feature_types)
     fixed: Tensor  # [N] bool, node of a FIXED group
     inv_in_deg: Tensor  # [N, 1]
     inv_out_deg: Tensor  # [N, 1]
@@ -65,9 +65,7 @@ class GraphContext:
             num_graphs = int(graph.num_graphs)
         gft = group_feature_types(graph.sym_kind, perm_only)
         node_ftype = gft[graph.sym_group]
-        fu, fv = node_ftype[ei[0]], node_ftype[ei[1]]
-        gl = FeatureType.GL
-        edge_ftype = torch.where((fu == gl) | (fv == gl), torch.full_like(fu, int(gl)), torch.maximum(fu, fv))
+        edge_ftype = join_feature_types(node_ftype[ei[0]], node_ftype[ei[1]])
         one = torch.ones(1, dtype=graph.x.dtype, device=dev)
         in_deg = degree(ei[1], n, dtype=graph.x.dtype)
         out_deg = degree(ei[0], n, dtype=graph.x.dtype)

@@ -26,7 +26,10 @@ over neighbours commute with permutations. The same formulas hold for GL feature
 (DESIGN §5): W acts on channels, i.e. H ↦ HΛ commutes with ρH; a message e'_{sv} ⊙ W_f h_s from a
 stream unit is a ρ-vector over the head's coordinates, and Σ_j E_O[o, j] ⊙ W_f H_V[j] is invariant;
 every gate is computed from block / row pairings (:mod:`qegraph.nn.gl`), so it is the same for all d
-coordinates of a head; query→key pairing edges stay zero.
+coordinates of a head; query→key pairing edges stay zero. SIGN features (h ↦ ±h) are treated like
+every other scaled type: linear maps, messages and gates commute with a common sign flip, and their
+gates read the magnitude-keeping invariant u ⊙ Sx of :mod:`qegraph.nn.types`, so they see the weight
+values, not only their directions.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ r"""Equivariant weight-space decoder: hidden features → a ParameterGraph of th
     \qquad
     \Delta a_{uv} = \mathrm{mask}_{uv} \odot \big((e_{uv} \odot T[\tau_{uv}])\, Q_{:S}^\top\big)
 
-(m_v = ``x_mask``; invalid slots and parameter-free edges stay exactly zero.) Both are strictly
+(m_v = ``x_mask``; "scaled types" are SCALE, NONZERO, SIGN and GL: a bias-free linear map commutes with
+h_v ↦ λ_v h_v, so the decoded bias of a SIGN unit flips with σ_v and an edge's decoded weights flip with
+σ_v σ_u, like the input's; invalid slots and parameter-free edges stay exactly zero.) Both are strictly
 equivariant maps from features to parameters, so decoding the output of quasi-equivariant layers gives
 D(F(gθ)) = g′·D(F(θ)): the decoded network is functionally identical to the one decoded from θ.
 

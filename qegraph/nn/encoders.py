@@ -17,8 +17,13 @@ Edge u→v with slots a_uv ∈ R^S (kernel, flattened block; zero padded):
     e_{uv} = (a_{uv} P_{:S}) \odot T[\tau_{uv}]
              + [\text{parameter-free}]\, C[\tau_{uv}] + [\text{invariant}]\, T'[\tau_{uv}]
 
-a bias-free map of the slots (P ∈ R^{S_max×c} is a learned slot embedding, so conv kernels keep their
-spatial layout) times an edge-type embedding. Parameter-free edges (residual, norm identity, embedding
+"Scaled types" are every type with a nontrivial action: SCALE, NONZERO, SIGN and GL. A SIGN feature
+(h_v ↦ ±h_v) gets exactly the scaled-type formula: the only additive terms allowed on it would be odd
+functions of its own parameters, so biases and embeddings are multiplied in, never added. Likewise an
+edge gets the additive T' only when it is invariant (both endpoints fixed or permutation-only).
+
+The edge map is a bias-free map of the slots (P ∈ R^{S_max×c} is a learned slot embedding, so conv
+kernels keep their spatial layout) times an edge-type embedding. Parameter-free edges (residual, norm identity, embedding
 identity) join tied units (ratio q_v/q_u = 1) and carry the invariant constant C. PE is a sinusoidal
 encoding followed by a linear map, so depth and positions have no upper limit.
 """

@@ -5,26 +5,45 @@ Every node carries ``c`` channels whose representation is fixed by its unit grou
 
 * ``INVARIANT`` (FIXED, PERM): h_v is only relabelled by permutations;
 * ``SCALE`` (SCALE): h_v ↦ q_v h_v with q_v > 0;
-* ``NONZERO`` (SIGN, NONZERO): h_v ↦ λ_v h_v with λ_v ≠ 0 (contains the sign flips);
+* ``NONZERO`` (NONZERO): h_v ↦ λ_v h_v with λ_v ≠ 0 (contains the sign flips);
+* ``SIGN`` (SIGN: odd activations such as tanh, sin): h_v ↦ σ_v h_v with σ_v ∈ {±1} only. A
+  positive rescaling of such a unit is *not* a symmetry (it changes a SIREN's frequencies), so its
+  invariant must keep the magnitude of h_v;
 * ``GL`` (HEADS): the d nodes of one head and role form H ∈ R^{d×c}; H ↦ A H (query),
   A^{-T} H (key), B H (value).
 
-An edge u→v carries ρ_v(g) e ρ_u(g)^{-1}; for scalar types that is e ↦ (q_v/q_u) e, so its scalar type
-is the larger of its endpoints' (ordered INVARIANT < SCALE < NONZERO: a ratio of positive scales is
-positive, any nonzero factor makes it nonzero).
+An edge u→v carries ρ_v(g) e ρ_u(g)^{-1}; for scalar types that is e ↦ (q_v/q_u) e, so its type is the
+*join* of its endpoints' types (:func:`join_feature_types`): the smallest type whose group contains
+every factor q_v/q_u that can occur,
+
+.. math::
+    \mathrm{INV} \sqcup t = t, \quad t \sqcup t = t, \quad
+    \mathrm{SCALE} \sqcup \mathrm{SIGN} = \mathrm{SCALE} \sqcup \mathrm{NONZERO}
+    = \mathrm{SIGN} \sqcup \mathrm{NONZERO} = \mathrm{NONZERO}, \quad \mathrm{GL} \sqcup t = \mathrm{GL}
+
+(a ratio of positive scales is positive, σ_v σ_u = ±1, a sign times a positive scale is a nonzero
+scale). SCALE and SIGN are incomparable (neither group contains the other), so this is not the
+maximum of a total order.
 
 Canonicalization maps a feature to an invariant of its type:
 
 .. math::
     \mathrm{can}(x) = x \;(\text{invariant}), \quad u = x/\lVert x\rVert \;(\text{scale}), \quad
-    u \odot (P u) \;(\text{nonzero-scale}),
+    u \odot (P u) \;(\text{nonzero-scale}), \quad
+    u \odot (S x) = \frac{x \odot S x}{\lVert x\rVert} \;(\text{sign}),
 
-with a learned P ∈ R^{c×c} (the products u_i u_j are invariant to λ ≠ 0 and keep relative signs).
+with learned P, S ∈ R^{c×c} (the products u_i u_j are invariant to λ ≠ 0 and keep relative signs).
+The sign invariant is even (u and Sx both flip with σ) and positively homogeneous of degree 1, so it
+keeps the magnitude of x: can(t x) = |t| can(x), on the same scale as x itself (unlike x ⊙ Sx, whose
+square compresses small and inflates large features). It is smooth away from x = 0, continuous with
+value 0 at x = 0, and its Jacobian diag(Sx)·∂u/∂x + diag(u)·S is bounded (‖Sx‖/‖x‖ cancels the 1/‖x‖
+of ∂u/∂x), so gradients neither vanish nor blow up with the scale of the features.
 Numerical stability: ``direction`` first divides x by its own largest magnitude m = max|x_i| (a
 quotient in [-1, 1], exact up to one rounding whatever the size of m, so neither 1e-15 nor 1e15
 features over- or underflow in the square), then by the norm of that vector, which lies in [1, √c].
 No quantity is ever divided by a number that can be close to zero independently of its numerator; an
-exactly zero vector (e.g. a bias-free unit before message passing) canonicalizes to 0.
+exactly zero vector (e.g. a bias-free unit before message passing) canonicalizes to 0. The sign
+invariant multiplies that bounded u by S x, which is on the scale of x.
 
 In a table mixing feature types (nodes or edges of a batch), only the rows of scaled types are
 canonicalized (:class:`TypedRows` lists them once per batch) and written back together with the GL
@@ -55,13 +74,18 @@ class FeatureType(IntEnum):
     SCALE = 1
     NONZERO = 2
     GL = 3
+    SIGN = 4
+
+
+#: The scalar types with a nontrivial action (canonicalized by :class:`Canonicalizer`).
+SCALED_TYPES = frozenset({int(FeatureType.SCALE), int(FeatureType.NONZERO), int(FeatureType.SIGN)})
 
 
 _OF_KIND: dict[int, FeatureType] = {
     int(SymKind.FIXED): FeatureType.INVARIANT,
     int(SymKind.PERM): FeatureType.INVARIANT,
     int(SymKind.SCALE): FeatureType.SCALE,
-    int(SymKind.SIGN): FeatureType.NONZERO,
+    int(SymKind.SIGN): FeatureType.SIGN,
     int(SymKind.NONZERO): FeatureType.NONZERO,
     int(SymKind.HEADS): FeatureType.GL,
 }
@@ -74,6 +98,25 @@ def group_feature_types(sym_kind: Tensor, perm_only: bool = False) -> Tensor:
         table[kind] = int(ftype)
     out = table[sym_kind]
     return torch.zeros_like(out) if perm_only else out
+
+
+def _join(a: FeatureType, b: FeatureType) -> FeatureType:
+    if FeatureType.GL in (a, b):
+        return FeatureType.GL
+    if a == FeatureType.INVARIANT or a == b:
+        return b
+    if b == FeatureType.INVARIANT:
+        return a
+    return FeatureType.NONZERO  # two distinct types among SCALE, SIGN, NONZERO
+
+
+_JOIN = torch.tensor([[int(_join(a, b)) for b in sorted(FeatureType)] for a in sorted(FeatureType)])
+
+
+def join_feature_types(a: Tensor, b: Tensor) -> Tensor:
+    """Elementwise join a ⊔ b of two FeatureType tensors: the type of an edge between units of types
+    a and b (table in the module docstring)."""
+    return _JOIN.to(a.device)[a, b]
 
 
 #: Largest factor 1/‖x‖ the backward of :func:`direction` applies (rows with ‖x‖ < 1e-4 get a damped
@@ -128,62 +171,68 @@ class TypedRows:
     invariant: Tensor  # ids of the INVARIANT rows
     scale: Tensor  # ids of the SCALE rows
     nonzero: Tensor  # ids of the NONZERO rows
+    sign: Tensor  # ids of the SIGN rows
 
     @classmethod
     def of(cls, ftype: Tensor) -> TypedRows:
         present = frozenset(torch.unique(ftype).tolist())
-        kinds = (FeatureType.INVARIANT, FeatureType.SCALE, FeatureType.NONZERO)
+        kinds = (FeatureType.INVARIANT, FeatureType.SCALE, FeatureType.NONZERO, FeatureType.SIGN)
         ids = [torch.nonzero(ftype == t).flatten() for t in kinds]
         return cls(ftype, present, *ids)
 
 
 class Canonicalizer(nn.Module):
-    """Invariant of a scalar-typed feature (formula in the module docstring): ``[*, c] -> [*, c]``."""
+    """Invariant of a scalar-typed feature (formula in the module docstring): ``[*, c] -> [*, c]``.
+
+    ``pair`` is P (nonzero-scale types), ``sign`` is S (sign types)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.pair = nn.Linear(channels, channels, bias=False)
+        self.sign = nn.Linear(channels, channels, bias=False)
         with torch.no_grad():
             self.pair.weight.copy_(torch.eye(channels) + 0.1 * torch.randn(channels, channels) / channels**0.5)
+            self.sign.weight.copy_(self.pair.weight)  # same start, no extra random draw
+
+    def _canon(self, kind: int, x: Tensor, u: Tensor) -> Tensor:
+        """The invariant of rows ``x`` of one scaled type, ``u = direction(x)``."""
+        if kind == FeatureType.SCALE:
+            return u
+        if kind == FeatureType.NONZERO:
+            return u * self.pair(u)
+        return u * self.sign(x)
 
     def forward(self, x: Tensor, ftype: Tensor, present: frozenset[int] | None = None) -> Tensor:
         """``ftype[*]`` FeatureType per row. GL rows are returned unchanged: their invariants need the
         whole head block, see :func:`invariants`. ``present``: the feature types occurring in
         ``ftype`` (when known, only the canonicalizations of those are computed)."""
         present = _ALL if present is None else present
-        scale, nonzero = int(FeatureType.SCALE) in present, int(FeatureType.NONZERO) in present
-        if not (scale or nonzero):
+        kinds = sorted(present & SCALED_TYPES)
+        if not kinds:
             return x
         u = direction(x)
-        others = present - {int(FeatureType.SCALE), int(FeatureType.NONZERO)}
-        if nonzero:
-            nz = u * self.pair(u)
-            if not (scale or others):
-                return nz
-        if scale and not (nonzero or others):
-            return u
+        if len(kinds) == 1 and len(present) == 1:
+            return self._canon(kinds[0], x, u)
         t = ftype.unsqueeze(-1)
-        if not nonzero:
-            return torch.where(t == FeatureType.SCALE, u, x)
-        if not scale:
-            return torch.where(t == FeatureType.NONZERO, nz, x)
-        return torch.where(t == FeatureType.SCALE, u, torch.where(t == FeatureType.NONZERO, nz, x))
+        out = x
+        for k in kinds:
+            out = torch.where(t == k, self._canon(k, x, u), out)
+        return out
 
     def table(self, x: Tensor, rows: TypedRows, ids: Tensor | None = None, values: Tensor | None = None) -> Tensor:
         """``forward(x, rows.ftype, rows.present)`` of a ``[n, c]`` table, with the rows ``ids`` (distinct
         from the scaled rows) set to ``values``. A table of one type goes through :meth:`forward`;
-        otherwise only the SCALE / NONZERO rows are canonicalized, and all replaced rows are written
-        into a copy of ``x`` at once."""
+        otherwise only the SCALE / NONZERO / SIGN rows are canonicalized, and all replaced rows are
+        written into a copy of ``x`` at once."""
         if ids is None and len(rows.present) <= 1:
             return self(x, rows.ftype, rows.present)
         idx, new = [], []
-        if rows.scale.numel():
-            idx.append(rows.scale)
-            new.append(direction(gather_rows(x, rows.scale)))
-        if rows.nonzero.numel():
-            u = direction(gather_rows(x, rows.nonzero))
-            idx.append(rows.nonzero)
-            new.append(u * self.pair(u))
+        for kind, r in ((FeatureType.SCALE, rows.scale), (FeatureType.NONZERO, rows.nonzero),
+                        (FeatureType.SIGN, rows.sign)):
+            if r.numel():
+                xr = gather_rows(x, r)
+                idx.append(r)
+                new.append(self._canon(int(kind), xr, direction(xr)))
         if ids is not None and values is not None:
             idx.append(ids)
             new.append(values)
