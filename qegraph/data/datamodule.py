@@ -51,6 +51,36 @@ def fill_graph_tables(template: ParameterGraph, state_dicts: Sequence[dict[str, 
     return tables
 
 
+def normalize_tables(template: ParameterGraph, tables: dict[str, Tensor], arch: str,
+                     rows: Sequence[int]) -> dict[str, Tensor]:
+    """Divide ``tables[arch/edge_attr]`` per edge block and ``tables[arch/x]`` per (depth, column) by
+    their root mean square over the checkpoints ``rows`` (valid slots only; 1 where all are zero), in
+    place. Returns the constants: ``edge_blocks`` ``[num_blocks]``, ``node_columns`` ``[depths, 5]``."""
+    idx = torch.as_tensor(list(rows), dtype=torch.long)
+    ea, x = tables[f"{arch}/edge_attr"], tables[f"{arch}/x"]
+    emask = template.edge_mask.to(torch.float64)
+    blocks = torch.repeat_interleave(torch.arange(template.eblock_size.numel()), template.eblock_size)
+    nblk = template.eblock_size.numel()
+    e_sq = (ea[idx].to(torch.float64) ** 2 * emask).sum(dim=(0, 2))
+    e_rms = torch.zeros(nblk, dtype=torch.float64).index_add_(0, blocks, e_sq)
+    e_cnt = torch.zeros(nblk, dtype=torch.float64).index_add_(0, blocks, emask.sum(1) * len(idx))
+    e_rms = _safe_rms(e_rms, e_cnt)
+    xmask = template.x_mask.to(torch.float64)
+    depth = template.layer
+    ndepth = int(depth.max()) + 1
+    x_sq = torch.zeros(ndepth, x.size(-1), dtype=torch.float64).index_add_(0, depth, (x[idx].to(torch.float64) ** 2 * xmask).sum(0))
+    x_cnt = torch.zeros(ndepth, x.size(-1), dtype=torch.float64).index_add_(0, depth, xmask * len(idx))
+    x_rms = _safe_rms(x_sq, x_cnt)
+    tables[f"{arch}/edge_attr"] = ea / e_rms[blocks].to(ea.dtype).view(1, -1, 1)
+    tables[f"{arch}/x"] = x / x_rms[depth].to(x.dtype).unsqueeze(0)
+    return {"edge_blocks": e_rms.float(), "node_columns": x_rms.float()}
+
+
+def _safe_rms(sq: Tensor, count: Tensor) -> Tensor:
+    rms = (sq / count.clamp(min=1)).sqrt()
+    return torch.where(rms > 0, rms, torch.ones_like(rms))
+
+
 def _zoo_fingerprint(zoo: Zoo) -> str:
     return hashlib.sha256((zoo.root / "manifest.json").read_bytes()).hexdigest()[:16]
 
@@ -110,6 +140,12 @@ class ZooDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         generate: if the zoo folder is absent, generate it first with these ``generate_zoo`` arguments,
             e.g. ``{"kind": "cnn", "num_models": 300, "seed": 0}`` (the quickstart does this).
+        normalize: divide every weight tensor (edge block) and every node-parameter column of every
+            layer by its root mean square over the training split (one positive constant per
+            architecture, tensor and column; kept in ``self.scales``). Fixed positive constants
+            commute with every symmetry action, so invariant models stay exactly invariant. It matters
+            when the networks of a zoo are close to each other, e.g. INRs fitted from one shared
+            initialisation, whose weight tensors differ in scale by 30× between layers.
     """
 
     def __init__(
@@ -126,6 +162,7 @@ class ZooDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         num_workers: int = 0,
         generate: dict[str, Any] | None = None,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
@@ -137,6 +174,8 @@ class ZooDataModule(L.LightningDataModule):
         self.seed, self.augment_k, self.num_workers = seed, augment_k, num_workers
         self.cache_dir = cache_dir or str(Path(zoo_dir) / ".graph-cache")
         self.generate = generate
+        self.normalize = normalize
+        self.scales: dict[str, dict[str, Tensor]] = {}
         self.splits: dict[str, ZooGraphDataset] = {}
 
     def prepare_data(self) -> None:
@@ -195,6 +234,10 @@ class ZooDataModule(L.LightningDataModule):
         split_of = {}
         for rank, i in enumerate(order):
             split_of[runs[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+        if self.normalize:
+            for a in archs:
+                train = [position[a][int(r["id"])] for r in rows if r["arch"] == a and split_of[r["run"]] == "train"]
+                self.scales[a] = normalize_tables(templates[a], tables, a, train or sorted(position[a].values()))
         for name in ("train", "val", "test"):
             sel = [i for i, r in enumerate(rows) if split_of[r["run"]] == name]
             items = [(rows[i]["arch"], position[rows[i]["arch"]][int(rows[i]["id"])], int(rows[i]["id"])) for i in sel]
@@ -207,6 +250,12 @@ class ZooDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
+
+    def eval_train_dataloader(self) -> DataLoader:
+        """The training split in order, without augmentation, drawing nothing from the global RNG
+        (used to re-estimate BatchNorm moments; does not disturb resumable training)."""
+        return DataLoader(self.splits["train"], batch_size=self.batch_size, shuffle=False,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -5,7 +5,9 @@
   ``torch.cat`` of the state_dict values, taken from the batch's tensors with one boolean index.
 * :class:`StatNN` (Unterthiner et al., 2020): y = MLP([stats(W_1), …, stats(b_1), …]) with
   stats = (mean, variance, min, q25, median, q75, max) of every weight tensor (edge block) and of every
-  node-parameter column (bias, norm γ, β, running stats) of every layer.
+  node-parameter column (bias, norm γ, β, running stats) of every layer. With ``standardize=True``
+  (default) the statistics pass a ``BatchNorm1d(affine=False)`` first: statistics of one zoo differ
+  between networks by 0.1–10 % of their common value, far below what the MLP resolves at its initial scale.
 
 Neither is invariant to the networks' symmetries; they are the non-equivariant references.
 """
@@ -77,11 +79,19 @@ class FlatMLP(nn.Module):
 
 
 class StatNN(nn.Module):
-    """Per-layer weight statistics → MLP (Unterthiner et al.). ``in_dim=None``: inferred at the first call."""
+    """Per-layer weight statistics → MLP (Unterthiner et al.). ``in_dim=None``: inferred at the first call.
+    ``standardize``: z-score every statistic with batch (training) / running (eval) moments first."""
 
-    def __init__(self, *, out_dim: int = 1, hidden_dim: int = 256, num_layers: int = 2, in_dim: int | None = None) -> None:
+    def __init__(self, *, out_dim: int = 1, hidden_dim: int = 256, num_layers: int = 2, in_dim: int | None = None,
+                 standardize: bool = True) -> None:
         super().__init__()
         self.in_dim = in_dim
+        norm: nn.Module
+        if not standardize:
+            norm = nn.Identity()
+        else:
+            norm = nn.LazyBatchNorm1d(eps=1e-8, affine=False) if in_dim is None else nn.BatchNorm1d(in_dim, eps=1e-8, affine=False)
+        self.norm = norm
         self.net = _head(in_dim, hidden_dim, num_layers, out_dim)
 
     @staticmethod
@@ -116,4 +126,4 @@ class StatNN(nn.Module):
         feats = self.features(graph)
         if self.in_dim is not None and feats.size(1) != self.in_dim:
             raise QegraphError(f"StatNN was built for {self.in_dim} statistics, the batch gives {feats.size(1)}")
-        return self.net(feats)
+        return self.net(self.norm(feats))

@@ -94,13 +94,14 @@ class _InvariantGMN(nn.Module):
         readout_hidden: int | None,
         max_slots: int,
         epsilon: float | None = None,
+        readout_norm: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = GMNBackbone(
             hidden_dim=hidden_dim, num_layers=num_layers, gauge=gauge, perm_only=perm_only,
             epsilon_max=epsilon_max, gauge_hidden=gauge_hidden, max_slots=max_slots, epsilon=epsilon,
         )
-        self.readout = InvariantReadout(hidden_dim, out_dim, readout_hidden)
+        self.readout = InvariantReadout(hidden_dim, out_dim, readout_hidden, norm=readout_norm)
 
     def forward(self, graph: ParameterGraph) -> Tensor:
         f = self.backbone(graph)
@@ -109,7 +110,8 @@ class _InvariantGMN(nn.Module):
 
 class QuasiGMN(_InvariantGMN):
     """Quasi-equivariant graph metanetwork with an exactly invariant head. ``gauge=False``: α off;
-    ``epsilon``: a fixed gauge strength ε ∈ (0, 1) instead of the learned ε ∈ (0, ``epsilon_max``)."""
+    ``epsilon``: a fixed gauge strength ε ∈ (0, 1) instead of the learned ε ∈ (0, ``epsilon_max``);
+    ``readout_norm``: standardize the invariant readout vector (see :class:`InvariantReadout`)."""
 
     def __init__(
         self,
@@ -123,28 +125,31 @@ class QuasiGMN(_InvariantGMN):
         gauge_hidden: int = 8,
         readout_hidden: int | None = None,
         max_slots: int = 64,
+        readout_norm: bool = False,
     ) -> None:
         super().__init__(out_dim=out_dim, hidden_dim=hidden_dim, num_layers=num_layers, gauge=gauge, perm_only=False,
                          epsilon_max=epsilon_max, gauge_hidden=gauge_hidden, readout_hidden=readout_hidden,
-                         max_slots=max_slots, epsilon=epsilon)
+                         max_slots=max_slots, epsilon=epsilon, readout_norm=readout_norm)
 
 
 class StrictGMN(_InvariantGMN):
     """The strictly equivariant model: :class:`QuasiGMN` with α off (same parameters otherwise)."""
 
     def __init__(self, *, out_dim: int = 1, hidden_dim: int = 64, num_layers: int = 4,
-                 readout_hidden: int | None = None, max_slots: int = 64) -> None:
+                 readout_hidden: int | None = None, max_slots: int = 64, readout_norm: bool = False) -> None:
         super().__init__(out_dim=out_dim, hidden_dim=hidden_dim, num_layers=num_layers, gauge=False, perm_only=False,
-                         epsilon_max=0.5, gauge_hidden=8, readout_hidden=readout_hidden, max_slots=max_slots)
+                         epsilon_max=0.5, gauge_hidden=8, readout_hidden=readout_hidden, max_slots=max_slots,
+                         readout_norm=readout_norm)
 
 
 class PermGMN(_InvariantGMN):
     """GMN-style baseline: every unit has invariant type (permutation-equivariant only)."""
 
     def __init__(self, *, out_dim: int = 1, hidden_dim: int = 64, num_layers: int = 4,
-                 readout_hidden: int | None = None, max_slots: int = 64) -> None:
+                 readout_hidden: int | None = None, max_slots: int = 64, readout_norm: bool = False) -> None:
         super().__init__(out_dim=out_dim, hidden_dim=hidden_dim, num_layers=num_layers, gauge=False, perm_only=True,
-                         epsilon_max=0.5, gauge_hidden=8, readout_hidden=readout_hidden, max_slots=max_slots)
+                         epsilon_max=0.5, gauge_hidden=8, readout_hidden=readout_hidden, max_slots=max_slots,
+                         readout_norm=readout_norm)
 
 
 class WeightSpaceGMN(nn.Module):

@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from qegraph.tasks.norm_stats import batchnorm_layers, recompute_batchnorm_stats
+
 
 class GraphTask(L.LightningModule):
     """Base class: wraps a metanetwork ``model(batch) -> Tensor[num_graphs, out_dim]``.
@@ -82,6 +84,15 @@ class GraphTask(L.LightningModule):
                 pred, y = pred[keep], y[keep]
         for name, value in self.epoch_metrics(pred, y).items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("kendall_tau", "acc"), rank_zero_only=True)
+
+    def on_validation_epoch_start(self) -> None:
+        """Models with BatchNorm layers: re-estimate their moments over the training split first
+        (:mod:`qegraph.tasks.norm_stats`), so validation and the saved checkpoint use exact moments."""
+        if not batchnorm_layers(self.model) or self.trainer.datamodule is None:
+            return
+        dm = self.trainer.datamodule
+        loader = dm.eval_train_dataloader() if hasattr(dm, "eval_train_dataloader") else dm.train_dataloader()
+        recompute_batchnorm_stats(self.model, loader, lambda b: b.to(self.device))
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

@@ -1,0 +1,53 @@
+"""Re-estimate BatchNorm moments over a data set before evaluating ("precise BatchNorm").
+
+Normalization layers of qegraph models (``StatNN(standardize=True)``, ``InvariantReadout(norm=True)``)
+standardize inputs whose differences between networks can be 1e-5 of their common value (e.g. INRs
+fitted from one shared initialisation). Exponential running moments lag behind training by far more
+than that, so evaluation with them is meaningless; :func:`recompute_batchnorm_stats` replaces them by
+the exact moments of the current model over a pass of the training data (cumulative average,
+``momentum=None``), with every other module left in its current mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.lazy import LazyModuleMixin
+
+
+def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running moments."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recompute_batchnorm_stats(model: nn.Module, batches: Iterable[Any], prepare: Callable[[Any], Any] = lambda b: b) -> int:
+    """Set the running moments of every BatchNorm layer of ``model`` to the moments over ``batches``
+    (each passed through ``prepare`` first, e.g. a device transfer). Returns the number of batches."""
+    layers = batchnorm_layers(model)
+    it = iter(batches)
+    first = next(it, None)
+    if not layers or first is None:
+        return 0
+    if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in layers):
+        model(prepare(first))  # size the lazy layers first
+    modes = [(m, m.training, m.momentum) for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: equal weight for every batch
+        m.train()
+    n = 0
+    try:
+        for batch in chain([first], it):
+            model(prepare(batch))
+            n += 1
+    finally:
+        for m, training, momentum in modes:
+            m.momentum = momentum
+            m.train(training)
+    return n
