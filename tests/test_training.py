@@ -187,7 +187,11 @@ def test_ddp_two_cpu_processes_match_a_single_process(zoo: str, tmp_path: Path, 
         for name in METRICS:
             key = f"{stage}/{name}"
             assert len(m1[key]) == len(m2[key]) == (2 if stage == "val" else 1), key
-            assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-5), key
+            # Kendall τ is a step function of the predictions: this 2-step model's predictions can tie
+            # exactly in one process (seen: two of the five validation predictions bitwise equal) and
+            # differ by a float32 ulp under DDP's reduction order; R² and MAE are the precise checks
+            tol = {"abs": 0.05} if name == "kendall_tau" else {"rel": 1e-4, "abs": 1e-5}
+            assert m2[key] == pytest.approx(m1[key], **tol), key
 
     sd1 = torch.load(single / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     sd2 = torch.load(ddp / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
