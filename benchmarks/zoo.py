@@ -5,6 +5,12 @@ writes ``benchmarks/results/zoo.json``. The baseline trains the first ``--baseli
 the same zoo one after another with plain PyTorch (``nn.Sequential`` + ``torch.optim``, same
 hyperparameters, steps, batch size and checkpoint evaluations), in the same process, single-threaded
 like each generation worker.
+
+The roofline rows say how far batching can go at all on this CPU: ``*_gflops_per_s`` is the training
+arithmetic (2 FLOPs per multiply-accumulate, backward = 2× forward, checkpoint evaluations included)
+per second and per worker; ``dense_conv_gflops_per_s`` is one network's forward + backward on a
+4,096-image batch (large, dense kernels); ``speedup_ceiling`` = dense / one-by-one is the most any
+vectorization could gain over the baseline.
 """
 
 from __future__ import annotations
@@ -77,6 +83,52 @@ def train_one_by_one(family: CNNFamily, seed: int, n: int) -> float:
     return time.perf_counter() - start
 
 
+def forward_macs(net: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``net`` on ``x`` (Conv2d and Linear layers)."""
+    total = 0
+
+    def hook(m: torch.nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            total += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.Linear):
+            total += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    with torch.no_grad():
+        net(x)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def training_flops(family: CNNFamily, seed: int, n: int) -> float:
+    """FLOPs to train runs 0…n−1 (2 per MAC; backward = 2× forward; plus the checkpoint evaluations)."""
+    d = family.data()
+    per_sample = forward_macs(module_from_arch(family.arch(family.sample_config(seed, 0))[1]), d.train_x[:1])
+    steps, evals = max(family.checkpoint_steps), len(family.checkpoint_steps)
+    total = 0.0
+    for run in range(n):
+        cfg = family.sample_config(seed, run)
+        n_sub = max(family.batch_size, round(cfg["train_fraction"] * d.train_x.size(0)))
+        total += 2 * per_sample * (3 * steps * family.batch_size + evals * (n_sub + d.test_x.size(0)))
+    return total
+
+
+def dense_conv_gflops(family: CNNFamily, batch: int = 4096, repeats: int = 10) -> float:
+    """GFLOP/s of one Small CNN Zoo network's forward + backward on a large batch: what this core's
+    convolution kernels reach when nothing is small (an upper bound for any batching of the zoo)."""
+    net = module_from_arch(family.arch(family.sample_config(0, 0))[1])
+    x = torch.randn(batch, *family.data().train_x.shape[1:])
+    flops = 2 * 3 * forward_macs(net, x)
+    for _ in range(3):
+        net(x).square().mean().backward()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        net(x).square().mean().backward()
+    return flops * repeats / (time.perf_counter() - t) / 1e9
+
+
 def augmentation_times(zoo_dir: Path, cache: Path, n: int = 512, batch: int = 64) -> tuple[float, float]:
     """Seconds to augment n graphs one by one vs as collated batches (collation excluded)."""
     dm = ZooDataModule(str(zoo_dir), batch_size=batch, cache_dir=str(cache), val_fraction=0.0, test_fraction=0.0)
@@ -116,6 +168,9 @@ def main() -> None:
         acc_all = [r["test_accuracy"] for r in zoo.rows]
         acc_final = [r["test_accuracy"] for r in zoo.rows if r["step"] == final]
         base_s = train_one_by_one(CNNFamily(), args.seed, args.baseline_models)
+        vec_gflops = training_flops(CNNFamily(), args.seed, args.num_models) / gen_s / 1e9
+        base_gflops = training_flops(CNNFamily(), args.seed, args.baseline_models) / base_s / 1e9
+        dense_gflops = dense_conv_gflops(CNNFamily())
         t = time.perf_counter()
         ZooDataModule(str(work / "cnn"), cache_dir=str(work / "cache")).prepare_data()
         convert_s = time.perf_counter() - t
@@ -134,6 +189,10 @@ def main() -> None:
         "one_by_one_models": args.baseline_models,
         "one_by_one_models_per_s": round(base_rate, 3),
         "speedup": round(vec_rate / base_rate, 1),
+        "vectorized_gflops_per_s": round(vec_gflops / args.workers, 2),
+        "one_by_one_gflops_per_s": round(base_gflops, 2),
+        "dense_conv_gflops_per_s": round(dense_gflops, 2),
+        "speedup_ceiling": round(dense_gflops / base_gflops, 1),
         "test_accuracy_std_all_checkpoints": round(statistics.pstdev(acc_all), 4),
         "test_accuracy_std_final_step": round(statistics.pstdev(acc_final), 4),
         "test_accuracy_final_min_median_max": [round(min(acc_final), 4), round(statistics.median(acc_final), 4),
