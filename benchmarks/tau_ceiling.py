@@ -56,15 +56,16 @@ def ceiling(data_args: dict[str, Any], resamples: int = 200) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/quickstart.yaml", help="a qegraph fit config (its data section)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON output (default {RESULTS})")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     result = {"config": args.config, **ceiling(config["data"]["init_args"])}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
     width = max(map(len, result))
     for k, v in result.items():
         print(f"{k:<{width}}  {v}")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
