@@ -109,3 +109,18 @@ def test_statnn_standardizes_its_inputs(inr_zoo: Path, tmp_path: Path) -> None:
     resolved = var > 1e-6  # eps = 1e-8 is negligible against these variances: unit variance
     assert int(resolved.sum()) > 10
     torch.testing.assert_close(feats[:, resolved].std(0, unbiased=False), torch.ones(int(resolved.sum())), atol=1e-2, rtol=0)
+
+
+def test_moment_pass_sees_the_training_augmentation(inr_zoo: Path, tmp_path: Path) -> None:
+    """The BatchNorm moment pass applies the training augmentation (for non-invariant models the
+    moments of augmented inputs differ from the plain ones); without augmentation it is the identity."""
+    kw = dict(target="label", steps=None, val_fraction=0.2, test_fraction=0.2, cache_dir=str(tmp_path), batch_size=6)
+    plain, augmented = ZooDataModule(str(inr_zoo), augment_k=None, **kw), ZooDataModule(str(inr_zoo), augment_k=0.0, **kw)
+    plain.setup()
+    augmented.setup()
+    batch = next(iter(plain.eval_train_dataloader()))
+    gen = torch.Generator().manual_seed(0)
+    assert plain.augment_like_training(batch, gen) is batch
+    moved = augmented.augment_like_training(batch, gen)
+    assert not torch.equal(moved.edge_attr, batch.edge_attr)  # hidden units permuted / sign-flipped
+    assert torch.equal(moved.edge_attr.abs().sort(0).values, batch.edge_attr.abs().sort(0).values)

@@ -251,6 +251,11 @@ class ZooDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
+    def augment_like_training(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """The training augmentation (if any) drawn from ``generator``: for passes that must see the
+        training distribution, such as re-estimating BatchNorm moments."""
+        return batch if self.augment_k is None else augment(batch, self.augment_k, generator)
+
     def eval_train_dataloader(self) -> DataLoader:
         """The training split in order, without augmentation, drawing nothing from the global RNG
         (used to re-estimate BatchNorm moments; does not disturb resumable training)."""

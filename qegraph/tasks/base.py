@@ -86,13 +86,21 @@ class GraphTask(L.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=name in ("kendall_tau", "acc"), rank_zero_only=True)
 
     def on_validation_epoch_start(self) -> None:
-        """Models with BatchNorm layers: re-estimate their moments over the training split first
-        (:mod:`qegraph.tasks.norm_stats`), so validation and the saved checkpoint use exact moments."""
+        """Models with BatchNorm layers: re-estimate their moments over the training split first, with
+        the training augmentation applied (:mod:`qegraph.tasks.norm_stats`), so validation and the
+        saved checkpoint use the exact moments of what the model is trained on."""
         if not batchnorm_layers(self.model) or self.trainer.datamodule is None:
             return
         dm = self.trainer.datamodule
         loader = dm.eval_train_dataloader() if hasattr(dm, "eval_train_dataloader") else dm.train_dataloader()
-        recompute_batchnorm_stats(self.model, loader, lambda b: b.to(self.device))
+        augment_like_training = getattr(dm, "augment_like_training", None)
+        gen = torch.Generator().manual_seed(self.current_epoch)
+
+        def prepare(batch: Any) -> Any:  # the moments of what the model is trained on
+            batch = batch.to(self.device)
+            return batch if augment_like_training is None else augment_like_training(batch, gen)
+
+        recompute_batchnorm_stats(self.model, loader, prepare)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
