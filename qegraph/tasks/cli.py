@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 import lightning as L
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from qegraph.tasks.base import GraphTask
@@ -60,3 +61,8 @@ def run_lightning(argv: Sequence[str]) -> None:
         )
     finally:
         sys.argv = saved
+        # tear the DDP process group down while the interpreter is alive: left to exit-time
+        # destructors, gloo's worker threads can abort the process ("terminate called without an
+        # active exception") after the run has finished
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
