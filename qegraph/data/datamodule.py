@@ -142,10 +142,12 @@ class ZooDataModule(L.LightningDataModule):
             e.g. ``{"kind": "cnn", "num_models": 300, "seed": 0}`` (the quickstart does this).
         normalize: divide every weight tensor (edge block) and every node-parameter column of every
             layer by its root mean square over the training split (one positive constant per
-            architecture, tensor and column; kept in ``self.scales``). Fixed positive constants
-            commute with every symmetry action, so invariant models stay exactly invariant. It matters
-            when the networks of a zoo are close to each other, e.g. INRs fitted from one shared
-            initialisation, whose weight tensors differ in scale by 30× between layers.
+            architecture, tensor and column; kept in ``self.scales``; an architecture without
+            training checkpoints uses all of its checkpoints — weights only, never targets). Fixed
+            positive constants commute with every symmetry action, so invariant models stay exactly
+            invariant. It matters when the networks of a zoo are close to each other, e.g. INRs
+            fitted from one shared initialisation, whose weight tensors differ in scale by 30×
+            between layers.
     """
 
     def __init__(
