@@ -144,11 +144,12 @@ def test_resumed_run_matches_uninterrupted_run(zoo: str, tmp_path: Path) -> None
         assert torch.equal(params_a[k], params_b[k]), (k, (params_a[k] - params_b[k]).abs().max())
     assert any(not torch.equal(params_1[k], params_a[k]) for k in params_a)  # epoch 2 did train
     assert {f"val/{m}" for m in METRICS} <= val_a.keys() and val_a.keys() == val_b.keys()
-    for k in val_a:
-        assert val_b[k] == val_a[k], k
+    for k in val_a:  # val τ is NaN in both (the one val run's predictions tie, see the DDP test)
+        assert val_b[k] == val_a[k] or (math.isnan(val_a[k]) and math.isnan(val_b[k])), k
     assert test_a.keys() == test_b.keys() and {f"test/{m}" for m in METRICS} <= test_a.keys()
     for k in test_a:
         assert test_b[k] == test_a[k], k
+    assert math.isfinite(test_a["test/kendall_tau"])
 
 
 # ---------------------------------------------------------------------------------------------- DDP
@@ -187,11 +188,10 @@ def test_ddp_two_cpu_processes_match_a_single_process(zoo: str, tmp_path: Path, 
         for name in METRICS:
             key = f"{stage}/{name}"
             assert len(m1[key]) == len(m2[key]) == (2 if stage == "val" else 1), key
-            # Kendall τ is a step function of the predictions: this 2-step model's predictions can tie
-            # exactly in one process (seen: two of the five validation predictions bitwise equal) and
-            # differ by a float32 ulp under DDP's reduction order; R² and MAE are the precise checks
-            tol = {"abs": 0.05} if name == "kendall_tau" else {"rel": 1e-4, "abs": 1e-5}
-            assert m2[key] == pytest.approx(m1[key], **tol), key
+            # the one validation run never leaves chance level (SGD, lr 1e-3): its 5 checkpoints get
+            # predictions equal up to round-off, so val τ is undefined (NaN) in both runs — and must be
+            assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-5, nan_ok=True), key
+    assert all(math.isfinite(v) for v in m1["test/kendall_tau"] + m2["test/kendall_tau"])  # test τ is compared
 
     sd1 = torch.load(single / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     sd2 = torch.load(ddp / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]

@@ -6,6 +6,18 @@ import torch
 from torch import Tensor
 
 
+def _signs(v: Tensor, rows: slice, rtol: float) -> Tensor:
+    """sign(v_i − v_j) for i in ``rows``, with differences within rtol·max(|v_i|, |v_j|) counted as ties."""
+    d = v[rows, None] - v[None, :]
+    scale = torch.maximum(v[rows, None].abs(), v[None, :].abs())
+    return torch.where(d.abs() <= rtol * scale, torch.zeros_like(d), torch.sign(d))
+
+
+def _tie_rtol(t: Tensor) -> float:
+    """16 units of round-off of ``t``'s dtype (0 for integers): values closer than that are equal."""
+    return 16 * torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0
+
+
 def kendall_tau(pred: Tensor, target: Tensor) -> float:
     r"""Kendall's τ-b between two 1-d tensors (ties handled as in scipy's default).
 
@@ -13,8 +25,12 @@ def kendall_tau(pred: Tensor, target: Tensor) -> float:
         \tau_b = \frac{P - Q}{\sqrt{(P + Q + T_x)(P + Q + T_y)}}
 
     with P concordant and Q discordant pairs, T_x / T_y pairs tied only in ``pred`` / ``target``.
-    O(n²) memory in chunks of rows; fine for the few thousand checkpoints of a test split.
+    Two values count as tied when they differ by at most 16 round-off units of their own dtype
+    (relative): predictions that differ only by the order of a floating-point reduction (one process
+    vs DDP, batch composition) are equal, and τ does not flip on them. O(n²) memory in chunks of
+    rows; fine for the few thousand checkpoints of a test split.
     """
+    rx, ry = _tie_rtol(pred), _tie_rtol(target)
     x = pred.detach().double().flatten().cpu()
     y = target.detach().double().flatten().cpu()
     n = x.numel()
@@ -24,8 +40,8 @@ def kendall_tau(pred: Tensor, target: Tensor) -> float:
     n_x = 0.0  # pairs not tied in x
     n_y = 0.0
     for i in range(0, n, 1024):
-        dx = torch.sign(x[i : i + 1024, None] - x[None, :])
-        dy = torch.sign(y[i : i + 1024, None] - y[None, :])
+        rows = slice(i, i + 1024)
+        dx, dy = _signs(x, rows, rx), _signs(y, rows, ry)
         s_num += float((dx * dy).sum())
         n_x += float((dx != 0).sum())
         n_y += float((dy != 0).sum())
