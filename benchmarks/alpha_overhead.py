@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qegraph.nn import QuasiGMN, StrictGMN
+from qegraph.nn import AlphaBetaGMN, StrictGMN
 
 CONFIGS = [
     {"hidden_dim": 32, "num_layers": 4},
@@ -26,7 +26,7 @@ def count(model: object) -> int:
 def main() -> list[dict[str, float]]:
     rows = []
     for cfg in CONFIGS:
-        strict, quasi = count(StrictGMN(out_dim=1, **cfg)), count(QuasiGMN(out_dim=1, **cfg))
+        strict, quasi = count(StrictGMN(out_dim=1, **cfg)), count(AlphaBetaGMN(out_dim=1, **cfg))
         rows.append({**cfg, "strict_params": strict, "quasi_params": quasi,
                      "overhead_pct": round(100.0 * (quasi - strict) / strict, 2)})
     print(f"{'hidden':>6} {'layers':>6} {'strict':>10} {'quasi':>10} {'alpha overhead':>15}")

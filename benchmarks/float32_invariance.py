@@ -1,4 +1,4 @@
-"""Invariance error of QuasiGMN / StrictGMN in float32 under random group elements with scales up to
+"""Invariance error of QuasiGMN / StrictGMN / AlphaBetaGMN in float32 under random group elements with scales up to
 10^k (relative error max|y(gθ) − y(θ)| / max|y(θ)|, worst over samples).
 
 Run: ``python benchmarks/float32_invariance.py``. Prints a markdown table and writes
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from nn_nets import graphs, modules  # noqa: E402
 
 from qegraph import symmetry_group  # noqa: E402
-from qegraph.nn import QuasiGMN, StrictGMN  # noqa: E402
+from qegraph.nn import AlphaBetaGMN, QuasiGMN, StrictGMN  # noqa: E402
 
 ARCHS = ["relu_mlp", "siren", "cnn_relu", "cnn_tanh", "res_cnn", "transformer"]
 EXPONENTS = [0, 1, 2, 3, 4]
@@ -74,7 +74,7 @@ def main(n: int = 5, checkpoint: str | None = None, config: str | None = None) -
     torch.set_num_threads(1)
     gs = {a: g.with_features(x=g.x.float(), edge_attr=g.edge_attr.float()) for a, g in graphs(modules()).items()}
     results: dict = {}
-    for cls in (QuasiGMN, StrictGMN):
+    for cls in (QuasiGMN, StrictGMN, AlphaBetaGMN):
         torch.manual_seed(0)
         model = cls(out_dim=4).float()  # default configuration
         results[cls.__name__] = {a: {k: worst_error(model, gs[a], k, n, k) for k in EXPONENTS} for a in ARCHS}

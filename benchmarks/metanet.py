@@ -2,17 +2,26 @@
 
 Run: ``python benchmarks/metanet.py`` (full, a few minutes) or ``--quick`` (under a minute).
 Prints a table and writes ``benchmarks/results/metanet.json`` (``metanet_quick.json`` with
-``--quick``; ``--out PATH`` overrides). Every comparison is measured in one run with the variants
+``--quick``; ``--out PATH`` overrides). ``--device cuda`` runs every model on the GPU (timings
+synchronise the device; peak memory is ``torch.cuda.max_memory_allocated`` of one training step, in
+this process) and also times the same zoo training step on the CPU (``--threads`` threads):
+``speedup_vs_cpu`` = GPU graphs/s ÷ CPU graphs/s. Every comparison is measured in one run with the variants
 interleaved (A B A B …, order alternating) and reported as medians; ratios are of medians.
 
-* **sparse vs dense**: ``QuasiGMN`` against :class:`DenseQuasiGMN`, written here, a dense-adjacency
-  implementation of the same layers (per graph an N×N×c edge tensor and N×N masks, padded batches,
-  as ScaleGMN / Neural Graphs do) that *shares the model's parameters*; its output is checked against
-  ``QuasiGMN`` in float64 before timing. Training step = forward + backward (graphs/s). Zoo batches:
+* **sparse vs dense**: ``AlphaBetaGMN`` (the strictly equivariant layers with the paper's gauge α)
+  against :class:`DenseQuasiGMN`, written here, a dense-adjacency implementation of the same layers
+  (per graph an N×N×c edge tensor and N×N masks, padded batches, as ScaleGMN / Neural Graphs do) that
+  *shares the model's parameters*; its output is checked against ``AlphaBetaGMN`` in float64 before
+  timing. Training step = forward + backward (graphs/s). Zoo batches:
   64 Small CNN Zoo CNNs (random weights). Deep graph: one MLP with ~1M edges; peak memory of one
   training step measured in a fresh subprocess per variant (VmHWM after ``/proc/self/clear_refs``
   ← 5, minus the RSS before the step).
-* **α's cost**: ``QuasiGMN`` vs ``StrictGMN`` time per training step on the zoo batches.
+* **α's cost**: ``AlphaBetaGMN`` vs ``StrictGMN`` time per training step on the zoo batches (key ``quasi``
+  in the results is the α·β model).
+* **the section model**: ``QuasiGMN`` (learned gauges on the canonical section) vs ``StrictGMN`` per
+  training step on the same batch: ``section_step_vs_strict`` on cached canonical graphs (as
+  ``ZooDataModule(canonical=True)`` serves them), ``section_raw_step_vs_strict`` with the section
+  computed inside the step (target ≤ 1.5).
 * **data loading**: graphs/s from a cached dataset (``qegraph.data.ZooGraphDataset`` over feature
   tables filled by ``fill_graph_tables``, when ``qegraph.data`` provides them) through a PyG
   ``DataLoader`` with group augmentation on the collated batch (``qegraph.data.augment`` or
@@ -42,7 +51,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 import qegraph
-from qegraph.nn import QuasiGMN, StrictGMN
+from qegraph.nn import AlphaBetaGMN, QuasiGMN, StrictGMN
 from qegraph.nn.context import GraphContext
 from qegraph.nn.types import FeatureType, join_feature_types
 
@@ -69,14 +78,14 @@ def deep_mlp(depth: int, width: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def zoo_batch(n: int, seed: int) -> Batch:
+def zoo_batch(n: int, seed: int, device: torch.device = torch.device("cpu")) -> Batch:
     torch.manual_seed(seed)
-    return Batch.from_data_list([qegraph.to_graph(small_cnn()) for _ in range(n)])
+    return Batch.from_data_list([qegraph.to_graph(small_cnn()) for _ in range(n)]).to(device)
 
 
-def deep_batch(depth: int, width: int, seed: int) -> Batch:
+def deep_batch(depth: int, width: int, seed: int, device: torch.device = torch.device("cpu")) -> Batch:
     torch.manual_seed(seed)
-    return Batch.from_data_list([qegraph.to_graph(deep_mlp(depth, width))])
+    return Batch.from_data_list([qegraph.to_graph(deep_mlp(depth, width))]).to(device)
 
 
 def as_double(b: Batch) -> Batch:
@@ -96,10 +105,11 @@ class DenseBatch:
         if ctx.gl is not None:
             raise ValueError("the dense reference covers scalar feature types only (no attention heads)")
         batch = ctx.batch
+        dev = batch.device
         counts = torch.bincount(batch, minlength=ctx.num_graphs)
         ptr = torch.cumsum(counts, 0) - counts
         self.b, self.n = ctx.num_graphs, int(counts.max())
-        self.local = torch.arange(ctx.num_nodes) - ptr[batch]
+        self.local = torch.arange(ctx.num_nodes, device=dev) - ptr[batch]
         self.batch = batch
         src, dst = ctx.edge_index
         self.eb, self.eu, self.ev = ctx.edge_batch, self.local[src], self.local[dst]
@@ -107,9 +117,9 @@ class DenseBatch:
         if torch.unique(key).numel() != key.numel():
             raise ValueError("multi-edges cannot be represented densely")
         dt = ctx.graph.x.dtype
-        self.node_mask = self.nodes(torch.ones(ctx.num_nodes, 1, dtype=dt))  # [B, n, 1]
-        self.adj = self.edges(torch.ones(src.numel(), 1, dtype=dt))  # [B, n, n, 1]
-        nft = torch.zeros(self.b, self.n, dtype=torch.long)
+        self.node_mask = self.nodes(torch.ones(ctx.num_nodes, 1, dtype=dt, device=dev))  # [B, n, 1]
+        self.adj = self.edges(torch.ones(src.numel(), 1, dtype=dt, device=dev))  # [B, n, n, 1]
+        nft = torch.zeros(self.b, self.n, dtype=torch.long, device=dev)
         nft[batch, self.local] = ctx.node_ftype
         self.node_ftype = nft
         self.edge_ftype = join_feature_types(nft.unsqueeze(2), nft.unsqueeze(1))  # as GraphContext (no GL)
@@ -178,10 +188,19 @@ class DenseQuasiGMN(nn.Module):
 # timing helpers
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings of asynchronous CUDA kernels)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train_step(model: nn.Module, batch: Batch) -> Callable[[], None]:
+    device = batch.x.device
+
     def step() -> None:
         model.zero_grad(set_to_none=True)
         model(batch).square().mean().backward()
+        sync(device)
 
     return step
 
@@ -213,7 +232,7 @@ def check_dense_agrees(model: nn.Module, batch: Batch) -> float:
         ys, yd = m64(b64), DenseQuasiGMN(m64)(b64)
     err = float((ys - yd).abs().max() / ys.abs().max().clamp(min=1e-30))
     if not err < 1e-9:
-        raise AssertionError(f"dense reference disagrees with QuasiGMN: relative error {err:.3g}")
+        raise AssertionError(f"dense reference disagrees with AlphaBetaGMN: relative error {err:.3g}")
     return err
 
 
@@ -226,10 +245,24 @@ def _status(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", text).group(1)) * 1024  # type: ignore[union-attr]
 
 
+def cuda_step_memory(net: nn.Module, batch: Batch) -> dict[str, float]:
+    """Peak CUDA memory of one training step above what is allocated before it (same process)."""
+    device = batch.x.device
+    train_step(net, batch)()  # warm-up: lazy allocations, kernel selection
+    net.zero_grad(set_to_none=True)
+    sync(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    train_step(net, batch)()
+    secs = time.perf_counter() - t
+    return {"peak_bytes": float(torch.cuda.max_memory_allocated(device) - base), "step_s": secs}
+
+
 def memory_child(variant: str, depth: int, width: int, hidden: int, layers: int) -> dict[str, float]:
     batch = deep_batch(depth, width, seed=1)
     torch.manual_seed(0)
-    model = QuasiGMN(out_dim=1, hidden_dim=hidden, num_layers=layers)
+    model = AlphaBetaGMN(out_dim=1, hidden_dim=hidden, num_layers=layers)
     net = DenseQuasiGMN(model) if variant == "dense" else model
     base = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
@@ -250,8 +283,10 @@ def measure_memory(variant: str, depth: int, width: int, hidden: int, layers: in
 # data loading
 
 
-def loader_throughput(num_graphs: int, batch_size: int, batches: int, seed: int) -> dict[str, object]:
-    """Graphs/s through a cached dataset + PyG DataLoader + augmentation of the collated batch."""
+def loader_throughput(num_graphs: int, batch_size: int, batches: int, seed: int,
+                      device: torch.device = torch.device("cpu")) -> dict[str, object]:
+    """Graphs/s through a cached dataset + PyG DataLoader + augmentation of the collated batch (on the
+    CPU, where the group element is drawn) + the copy to ``device``."""
     from torch_geometric.loader import DataLoader
 
     torch.manual_seed(seed)
@@ -281,22 +316,24 @@ def loader_throughput(num_graphs: int, batch_size: int, batches: int, seed: int)
             return qegraph.symmetry_group(b).sample(generator=gen, scale_range=(1.0, 10.0)).act(b)
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    aug(next(iter(loader)))  # warm-up
+    aug(next(iter(loader))).to(device)  # warm-up
     seen, it, start = 0, 0, time.perf_counter()
     while it < batches:
         for b in loader:
-            seen += aug(b).num_graphs
+            seen += aug(b).to(device).num_graphs
             it += 1
             if it >= batches:
                 break
+    sync(device)
     total = time.perf_counter() - start
-    return {"graphs_per_s": seen / total, "source": source, "batches": batches, "batch_size": batch_size}
+    return {"graphs_per_s": seen / total, "source": source + ("" if device.type == "cpu" else f" → {device}"),
+            "batches": batches, "batch_size": batch_size}
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, object]:
+def machine(device: torch.device = torch.device("cpu")) -> dict[str, object]:
     model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -305,8 +342,13 @@ def machine() -> dict[str, object]:
                 break
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    out: dict[str, object] = {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+                              "threads": torch.get_num_threads(), "python": platform.python_version(),
+                              "device": str(device)}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+        out["cuda"] = torch.version.cuda
+    return out
 
 
 def torch_scatter_available() -> bool:
@@ -323,6 +365,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: shared machine)")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--deep", type=int, nargs=4, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -330,6 +373,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, *args.deep)))
         return {}
+    from qegraph.data.train import resolve_device
+
+    device = resolve_device(args.device)
+    on_cpu = device.type == "cpu"
 
     quick = args.quick
     repeats = args.repeats or (2 if quick else 7)
@@ -337,18 +384,23 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     # deep graph: (depth, width) of the MLP, and the metanetwork (hidden, layers) — small hidden so the
     # dense reference's N×N×c tensors fit in memory at all
     deep = (8, 128, 4, 1) if quick else (16, 256, 4, 1)
-    out = args.out or RESULTS / ("metanet_quick.json" if quick else "metanet.json")
-    res: dict[str, object] = {"quick": quick, "repeats": repeats, "machine": machine()}
+    suffix = "" if on_cpu else f"_{device.type}"
+    out = args.out or RESULTS / (f"metanet{suffix}_quick.json" if quick else f"metanet{suffix}.json")
+    res: dict[str, object] = {"quick": quick, "repeats": repeats, "machine": machine(device)}
 
     # ---- zoo batches: sparse vs dense, alpha, scatter backends
-    batch = zoo_batch(64, seed=0)
+    batch = zoo_batch(64, seed=0, device=device)
     torch.manual_seed(0)
-    quasi = QuasiGMN(out_dim=10, **zoo_cfg)
+    quasi = AlphaBetaGMN(out_dim=10, **zoo_cfg).to(device)
     torch.manual_seed(0)
-    strict = StrictGMN(out_dim=10, **zoo_cfg)
+    strict = StrictGMN(out_dim=10, **zoo_cfg).to(device)
     dense = DenseQuasiGMN(quasi)
     res["dense_check_rel_err"] = check_dense_agrees(quasi, Batch.from_data_list(batch.to_data_list()[:8]))
-    fns = {"quasi": train_step(quasi, batch), "strict": train_step(strict, batch), "dense": train_step(dense, batch)}
+    torch.manual_seed(0)
+    section = QuasiGMN(out_dim=10, **zoo_cfg).to(device)
+    canonical = qegraph.canonicalize(batch)[0]  # what ZooDataModule(canonical=True) caches
+    fns = {"quasi": train_step(quasi, batch), "strict": train_step(strict, batch), "dense": train_step(dense, batch),
+           "section": train_step(section, canonical), "section_raw": train_step(section, batch)}
     times = interleaved(fns, repeats)
     gps = {k: 64 / med(v) for k, v in times.items()}
     zoo = {"graphs": 64, "nodes": int(batch.num_nodes), "edges": int(batch.num_edges), "model": zoo_cfg,
@@ -357,6 +409,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     res["speedup_vs_dense"] = gps["quasi"] / gps["dense"]
     res["alpha_overhead"] = med(times["quasi"]) / med(times["strict"])
     res["alpha_overhead_pct"] = 100 * (res["alpha_overhead"] - 1)
+    # QuasiGMN (the section model): its training step vs StrictGMN's on the same batch (target ≤ 1.5),
+    # on cached canonical graphs and with the section computed in the step
+    res["section_step_vs_strict"] = med(times["section"]) / med(times["strict"])
+    res["section_raw_step_vs_strict"] = med(times["section_raw"]) / med(times["strict"])
+    if not on_cpu:  # the same training step on the CPU (same parameters and batch)
+        cpu_step = train_step(copy.deepcopy(quasi).cpu(), batch.clone().cpu())
+        cpu_times = interleaved({"quasi": cpu_step}, max(2, repeats // 2))
+        zoo["cpu_graphs_per_s"] = 64 / med(cpu_times["quasi"])
+        res["speedup_vs_cpu"] = gps["quasi"] / zoo["cpu_graphs_per_s"]
 
     if torch_scatter_available():
         from qegraph.nn.ops import set_scatter_backend
@@ -381,12 +442,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     # ---- deep graph
     depth, width, hidden, layers = deep
-    big = deep_batch(depth, width, seed=1)
+    big = deep_batch(depth, width, seed=1, device=device)
     torch.manual_seed(0)
-    qbig = QuasiGMN(out_dim=1, hidden_dim=hidden, num_layers=layers)
+    qbig = AlphaBetaGMN(out_dim=1, hidden_dim=hidden, num_layers=layers).to(device)
     dbig = DenseQuasiGMN(qbig)
-    check_dense_agrees(qbig, deep_batch(3, 16, seed=2))
-    mem = {v: measure_memory(v, depth, width, hidden, layers, args.threads) for v in ("quasi", "dense")}
+    check_dense_agrees(qbig, deep_batch(3, 16, seed=2, device=device))
+    if on_cpu:
+        mem = {v: measure_memory(v, depth, width, hidden, layers, args.threads) for v in ("quasi", "dense")}
+    else:
+        mem = {"quasi": cuda_step_memory(qbig, big), "dense": cuda_step_memory(dbig, big)}
     tb = interleaved({"quasi": train_step(qbig, big), "dense": train_step(dbig, big)}, max(2, repeats // 2))
     res["deep"] = {"mlp": {"depth": depth, "width": width}, "nodes": int(big.num_nodes), "edges": int(big.num_edges),
                    "model": {"hidden_dim": hidden, "num_layers": layers},
@@ -396,7 +460,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     res["memory_ratio_vs_dense"] = mem["quasi"]["peak_bytes"] / mem["dense"]["peak_bytes"]
 
     # ---- data loading
-    ld = loader_throughput(256 if quick else 1024, 64, 4 if quick else 16, seed=3)
+    ld = loader_throughput(256 if quick else 1024, 64, 4 if quick else 16, seed=3, device=device)
     res["loader"] = ld
     res["loader_to_step_ratio"] = ld["graphs_per_s"] / gps["quasi"]
 
@@ -410,12 +474,16 @@ def report(r: dict) -> None:
     z, d = r["zoo"], r["deep"]
     mib = 2**20
     rows = [
-        ("zoo: 64 CNN graphs, QuasiGMN (sparse)", f"{z['graphs_per_s']['quasi']:.1f} graphs/s", ""),
+        ("zoo: 64 CNN graphs, AlphaBetaGMN (sparse)", f"{z['graphs_per_s']['quasi']:.1f} graphs/s", ""),
         ("zoo: dense reference", f"{z['graphs_per_s']['dense']:.1f} graphs/s",
          f"speedup_vs_dense {r['speedup_vs_dense']:.2f}x (target >= 1.5)"),
         ("zoo: StrictGMN", f"{z['graphs_per_s']['strict']:.1f} graphs/s",
          f"alpha_overhead {r['alpha_overhead']:.3f} = {r['alpha_overhead_pct']:+.1f}% (target <= +15%)"),
-        (f"deep MLP {d['mlp']['depth']}x{d['mlp']['width']} ({d['edges']:,} edges): QuasiGMN",
+        ("zoo: QuasiGMN (section), cached canonical graphs", f"{z['graphs_per_s']['section']:.1f} graphs/s",
+         f"section_step_vs_strict {r['section_step_vs_strict']:.2f} (target <= 1.5)"),
+        ("zoo: QuasiGMN (section computed in the step)", f"{z['graphs_per_s']['section_raw']:.1f} graphs/s",
+         f"section_raw_step_vs_strict {r['section_raw_step_vs_strict']:.2f}"),
+        (f"deep MLP {d['mlp']['depth']}x{d['mlp']['width']} ({d['edges']:,} edges): AlphaBetaGMN",
          f"{d['step_s_median']['quasi']:.3f} s/step", f"peak {d['peak_step_bytes']['quasi'] / mib:.0f} MiB"),
         ("deep: dense reference", f"{d['step_s_median']['dense']:.3f} s/step",
          f"peak {d['peak_step_bytes']['dense'] / mib:.0f} MiB"),
@@ -426,9 +494,13 @@ def report(r: dict) -> None:
         ("torch-scatter", r["scatter"] if isinstance(r["scatter"], str)
          else f"{r['scatter']['torch_scatter']:.1f} vs native {r['scatter']['native']:.1f} graphs/s", ""),
     ]
+    if "speedup_vs_cpu" in r:
+        rows.append(("zoo: the same AlphaBetaGMN step on the CPU", f"{z['cpu_graphs_per_s']:.1f} graphs/s",
+                     f"speedup_vs_cpu {r['speedup_vs_cpu']:.1f}x"))
     w = max(len(a) for a, _, _ in rows)
+    where = r["machine"].get("gpu") or r["machine"]["cpu"]
     print(f"metanet benchmark ({'quick' if r['quick'] else 'full'}; {r['repeats']} interleaved repeats, medians; "
-          f"{r['machine']['cpu']}, {r['machine']['threads']} thread(s), torch {r['machine']['torch']})")
+          f"{where}, {r['machine']['threads']} CPU thread(s), torch {r['machine']['torch']})")
     for a, b, c in rows:
         print(f"  {a:<{w}}  {b:<40} {c}")
     bad = [k for k in ("speedup_vs_dense", "speedup_vs_dense_large", "memory_ratio_vs_dense", "alpha_overhead",

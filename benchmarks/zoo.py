@@ -1,16 +1,19 @@
 """Zoo generation benchmark: vectorized vs one-by-one training, accuracy spread, graph conversion, augmentation.
 
-Run ``python benchmarks/zoo.py [--num-models 1000] [--baseline-models 16]``. Prints a table and
-writes ``benchmarks/results/zoo.json``. The baseline trains the first ``--baseline-models`` runs of
-the same zoo one after another with plain PyTorch (``nn.Sequential`` + ``torch.optim``, same
-hyperparameters, steps, batch size and checkpoint evaluations), in the same process, single-threaded
-like each generation worker.
+Run ``python benchmarks/zoo.py [--num-models 1000] [--baseline-models 16] [--device cuda]``. Prints a
+table and writes ``benchmarks/results/zoo.json`` (``zoo_cuda.json`` on a GPU; ``--out`` overrides).
+The baseline trains the first ``--baseline-models`` runs of the same zoo one after another with plain
+PyTorch (``nn.Sequential`` + ``torch.optim``, same hyperparameters, steps, batch size and checkpoint
+evaluations), in the same process, on the same device, single-threaded like each CPU generation
+worker. On a GPU, ``generate_zoo`` trains ``--models-at-once`` runs per vectorized call (default
+:data:`qegraph.data.generate.GPU_MODELS_AT_ONCE`), and both sides are timed after a warm-up (CUDA
+context, cuDNN handles).
 
-The roofline rows say how far batching can go at all on this CPU: ``*_gflops_per_s`` is the training
-arithmetic (2 FLOPs per multiply-accumulate, backward = 2× forward, checkpoint evaluations included)
-per second and per worker; ``dense_conv_gflops_per_s`` is one network's forward + backward on a
-4,096-image batch (large, dense kernels); ``speedup_ceiling`` = dense / one-by-one is the most any
-vectorization could gain over the baseline.
+The roofline rows say how far batching can go at all on this device: ``*_gflops_per_s`` is the
+training arithmetic (2 FLOPs per multiply-accumulate, backward = 2× forward, checkpoint evaluations
+included) per second and per worker; ``dense_conv_gflops_per_s`` is one network's forward + backward
+on one large batch (4,096 images on a CPU, 65,536 on a GPU: large, dense kernels);
+``speedup_ceiling`` = dense / one-by-one is the most any vectorization could gain over the baseline.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ import torch.nn.functional as F
 from qegraph.data.augment import augment
 from qegraph.data.datamodule import ZooDataModule
 from qegraph.data.digits import load_digits_data
-from qegraph.data.generate import generate_zoo
+from qegraph.data.generate import GPU_MODELS_AT_ONCE, generate_zoo
 from qegraph.data.store import Zoo
-from qegraph.data.train import init_stacked
+from qegraph.data.train import init_stacked, resolve_device
 from qegraph.data.zoo_cnn import CNNFamily
 from qegraph.graph.arch import module_from_arch
 
@@ -50,14 +53,22 @@ def _optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr)
 
 
-def train_one_by_one(family: CNNFamily, seed: int, n: int) -> float:
-    """Seconds to train runs 0…n−1 one at a time with plain PyTorch (same work per model)."""
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_by_one(family: CNNFamily, seed: int, n: int, device: torch.device = torch.device("cpu")) -> float:
+    """Seconds to train runs 0…n−1 one at a time with plain PyTorch (same work per model) on ``device``
+    (random numbers drawn on the CPU, as ``generate_zoo`` does)."""
     d = family.data()
+    train_x, train_y, test_x, test_y = (t.to(device) for t in (d.train_x, d.train_y, d.test_x, d.test_y))
     gen = torch.Generator().manual_seed(seed)
+    sync(device)
     start = time.perf_counter()
     for run in range(n):
         cfg = family.sample_config(seed, run)
-        net = module_from_arch(family.arch(cfg)[1])
+        net = module_from_arch(family.arch(cfg)[1]).to(device)
         init = init_stacked(net, [cfg], gen)
         net.load_state_dict({k: v[0] for k, v in init.items()})
         opt = _optimizer(net.parameters(), cfg)
@@ -67,19 +78,21 @@ def train_one_by_one(family: CNNFamily, seed: int, n: int) -> float:
         for step in range(max(family.checkpoint_steps) + 1):
             if step in family.checkpoint_steps:
                 with torch.no_grad():
-                    for x, y in ((d.train_x[subset], d.train_y[subset]), (d.test_x, d.test_y)):
+                    sub = subset.to(device)
+                    for x, y in ((train_x[sub], train_y[sub]), (test_x, test_y)):
                         logits = net(x)
                         (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
             if step == max(family.checkpoint_steps):
                 break
-            idx = subset[torch.randint(n_sub, (family.batch_size,), generator=gen)]
-            feats = net[:-1](d.train_x[idx])
-            feats = feats * (torch.rand(feats.shape, generator=gen) < keep) / keep
-            loss = F.cross_entropy(net[-1](feats), d.train_y[idx])
+            idx = subset[torch.randint(n_sub, (family.batch_size,), generator=gen)].to(device)
+            feats = net[:-1](train_x[idx])
+            feats = feats * (torch.rand(feats.shape, generator=gen) < keep).to(device) / keep
+            loss = F.cross_entropy(net[-1](feats), train_y[idx])
             loss = loss + cfg["l2reg"] * sum((p**2).sum() for p in net.parameters() if p.dim() >= 2)
             opt.zero_grad()
             loss.backward()
             opt.step()
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -115,17 +128,20 @@ def training_flops(family: CNNFamily, seed: int, n: int) -> float:
     return total
 
 
-def dense_conv_gflops(family: CNNFamily, batch: int = 4096, repeats: int = 10) -> float:
-    """GFLOP/s of one Small CNN Zoo network's forward + backward on a large batch: what this core's
+def dense_conv_gflops(family: CNNFamily, batch: int = 4096, repeats: int = 10,
+                      device: torch.device = torch.device("cpu")) -> float:
+    """GFLOP/s of one Small CNN Zoo network's forward + backward on a large batch: what this device's
     convolution kernels reach when nothing is small (an upper bound for any batching of the zoo)."""
-    net = module_from_arch(family.arch(family.sample_config(0, 0))[1])
-    x = torch.randn(batch, *family.data().train_x.shape[1:])
+    net = module_from_arch(family.arch(family.sample_config(0, 0))[1]).to(device)
+    x = torch.randn(batch, *family.data().train_x.shape[1:]).to(device)
     flops = 2 * 3 * forward_macs(net, x)
     for _ in range(3):
         net(x).square().mean().backward()
+    sync(device)
     t = time.perf_counter()
     for _ in range(repeats):
         net(x).square().mean().backward()
+    sync(device)
     return flops * repeats / (time.perf_counter() - t) / 1e9
 
 
@@ -153,34 +169,50 @@ def main() -> None:
     parser.add_argument("--num-models", type=int, default=1000)
     parser.add_argument("--baseline-models", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1, help="generation processes (each single-threaded)")
+    parser.add_argument("--workers", type=int, default=1, help="generation processes (each single-threaded; CPU only)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument("--models-at-once", type=int, default=None,
+                        help="runs per vectorized call (default: one chunk on a CPU, GPU_MODELS_AT_ONCE on a GPU)")
+    parser.add_argument("--skip-data", action="store_true",
+                        help="skip the graph-conversion and augmentation timings (CPU-side data pipeline)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/zoo.json, zoo_cuda.json)")
     args = parser.parse_args()
+    device = resolve_device(args.device)
+    out = args.out or (RESULTS if device.type == "cpu" else RESULTS.with_name(f"zoo_{device.type}.json"))
     torch.manual_seed(0)
     torch.set_num_threads(1)  # the baseline runs single-threaded, like every generation worker
     load_digits_data()
     work = Path(tempfile.mkdtemp(prefix="qegraph-zoo-bench-"))
     try:
+        if device.type != "cpu":  # warm-up: CUDA context, cuDNN and cuBLAS handles, kernel caches
+            generate_zoo("cnn", work / "warmup", 4, seed=args.seed + 1, progress=False, device=device)
+            train_one_by_one(CNNFamily(), args.seed + 1, 1, device)
         t = time.perf_counter()
-        generate_zoo("cnn", work / "cnn", args.num_models, seed=args.seed, workers=args.workers)
+        generate_zoo("cnn", work / "cnn", args.num_models, seed=args.seed, workers=args.workers, device=device,
+                     models_at_once=args.models_at_once)
         gen_s = time.perf_counter() - t
         zoo = Zoo(work / "cnn")
         final = max(zoo.spec["checkpoint_steps"])
         acc_all = [r["test_accuracy"] for r in zoo.rows]
         acc_final = [r["test_accuracy"] for r in zoo.rows if r["step"] == final]
-        base_s = train_one_by_one(CNNFamily(), args.seed, args.baseline_models)
+        base_s = train_one_by_one(CNNFamily(), args.seed, args.baseline_models, device)
         vec_gflops = training_flops(CNNFamily(), args.seed, args.num_models) / gen_s / 1e9
         base_gflops = training_flops(CNNFamily(), args.seed, args.baseline_models) / base_s / 1e9
-        dense_gflops = dense_conv_gflops(CNNFamily())
-        t = time.perf_counter()
-        ZooDataModule(str(work / "cnn"), cache_dir=str(work / "cache")).prepare_data()
-        convert_s = time.perf_counter() - t
-        aug_graph, aug_batch = augmentation_times(work / "cnn", work / "cache")
+        dense_gflops = dense_conv_gflops(CNNFamily(), batch=4096 if device.type == "cpu" else 65536, device=device)
+        if not args.skip_data:
+            t = time.perf_counter()
+            ZooDataModule(str(work / "cnn"), cache_dir=str(work / "cache")).prepare_data()
+            convert_s = time.perf_counter() - t
+            aug_graph, aug_batch = augmentation_times(work / "cnn", work / "cache")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     vec_rate, base_rate = args.num_models / gen_s, args.baseline_models / base_s
+    cpu = f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
     result = {
-        "device": f"CPU ({platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)",
+        "device": f"CPU ({cpu})" if device.type == "cpu" else f"{torch.cuda.get_device_name(device)} (host: {cpu})",
+        "torch": torch.__version__,
         "generation_workers": args.workers,
+        "models_at_once": args.models_at_once or (CNNFamily.chunk_size if device.type == "cpu" else GPU_MODELS_AT_ONCE),
         "num_models": args.num_models,
         "checkpoints": len(acc_all),
         "checkpoint_steps": zoo.spec["checkpoint_steps"],
@@ -197,16 +229,17 @@ def main() -> None:
         "test_accuracy_std_final_step": round(statistics.pstdev(acc_final), 4),
         "test_accuracy_final_min_median_max": [round(min(acc_final), 4), round(statistics.median(acc_final), 4),
                                                round(max(acc_final), 4)],
-        "graph_conversion_seconds": round(convert_s, 2),
-        "augment_512_graphs_seconds_per_graph": round(aug_graph, 3),
-        "augment_512_graphs_seconds_batched": round(aug_batch, 3),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    if not args.skip_data:
+        result.update({"graph_conversion_seconds": round(convert_s, 2),
+                       "augment_512_graphs_seconds_per_graph": round(aug_graph, 3),
+                       "augment_512_graphs_seconds_batched": round(aug_batch, 3)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     width = max(map(len, result))
     for k, v in result.items():
         print(f"{k:<{width}}  {v}")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

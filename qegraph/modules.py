@@ -24,8 +24,9 @@ class Sine(nn.Module):
 
 
 def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
-    """``"relu"``, ``"leaky_relu"``, ``"tanh"``, ``"sigmoid"``, ``"gelu"``, ``"silu"``, ``"identity"``,
-    or ``"sine"`` / ``"sine:W0"`` (SIREN, default ω₀ = 30)."""
+    """``"relu"``, ``"leaky_relu"``, ``"tanh"``, ``"sigmoid"``, ``"gelu"``, ``"silu"``, ``"relu6"``,
+    ``"hardswish"``, ``"hardsigmoid"``, ``"mish"``, ``"elu"``, ``"identity"``, or ``"sine"`` /
+    ``"sine:W0"`` (SIREN, default ω₀ = 30)."""
     if name.startswith("sine"):
         w0 = float(name.split(":", 1)[1]) if ":" in name else 30.0
         return Sine(w0)
@@ -36,6 +37,11 @@ def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
         "sigmoid": torch.sigmoid,
         "gelu": F.gelu,
         "silu": F.silu,
+        "relu6": F.relu6,
+        "hardswish": F.hardswish,
+        "hardsigmoid": F.hardsigmoid,
+        "mish": F.mish,
+        "elu": F.elu,
         "identity": nn.Identity(),
     }
     if name not in table:

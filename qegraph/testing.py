@@ -90,9 +90,9 @@ def assert_invariant(
 
 def act_on_features(element: GroupElement, graph: ParameterGraph, h: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
     """g acting on hidden features of the graph's types (c channels): h_v ↦ q_v h_{π(v)},
-    e_uv ↦ (q_v/q_u) e_{π(u)π(v)} — the same formulas as on the parameters."""
-    out = element.act(graph.with_features(x=h, edge_attr=e))
-    return out.x, out.edge_attr
+    e_uv ↦ (q_v/q_u) e_{π(u)π(v)}, per-head matrices on head blocks — the same formulas as on the
+    parameters (:meth:`GroupElement.act_features`)."""
+    return element.act_features(graph, h, e)
 
 
 def _global_perm(el: GroupElement) -> Tensor:
@@ -147,6 +147,38 @@ def check_group_element(el: GroupElement) -> None:
     if bool((el.perm[kind == int(SymKind.FIXED)] != torch.arange(el.perm.numel())[kind == int(SymKind.FIXED)]
              - el.group.ptr[:-1].repeat_interleave(el.group.sizes)[kind == int(SymKind.FIXED)]).any()):
         raise AssertionError("g' is not a group element: it moves fixed units")
+    _check_block_structure(el)
+
+
+def _check_block_structure(el: GroupElement) -> None:
+    """Raise ``AssertionError`` unless every permutation keeps its group's blocks together and moves
+    them by its coupling class's σ (identity where the class is frozen, no move where sym_blocks = 0)."""
+    grp = el.group
+    slot_group = grp._slot_group()
+    local = torch.arange(el.perm.numel()) - grp.ptr[:-1][slot_group]
+    s = grp.block_size()[slot_group]
+    blk, new_blk = torch.div(local, s, rounding_mode="floor"), torch.div(el.perm, s, rounding_mode="floor")
+    if bool(((grp.blocks[slot_group] == 0) & (el.perm != local)).any()):
+        raise AssertionError("g' is not a group element: it permutes units of a group without permutations")
+    # σ of each (group, block): all members of a block must land in one block
+    gblk = (torch.cumsum(grp.blocks.clamp(min=1), 0) - grp.blocks.clamp(min=1))[slot_group] + blk
+    n = int(gblk.max()) + 1 if gblk.numel() else 0
+    lo = torch.full((n,), n, dtype=torch.long).scatter_reduce(0, gblk, new_blk, "amin")
+    hi = torch.full((n,), -1, dtype=torch.long).scatter_reduce(0, gblk, new_blk, "amax")
+    if bool((lo != hi).any()):
+        raise AssertionError("g' is not a group element: a permutation splits a block of a grouped convolution")
+    # groups of one coupling class share σ; a frozen class has σ = id
+    frozen = grp.frozen_classes()
+    sigma_rep: dict[int, Tensor] = {}
+    for j in range(len(grp)):
+        sel = slot_group == j
+        sigma = torch.unique_consecutive(torch.stack([blk[sel], new_blk[sel]]), dim=1)[1]
+        r = int(grp.couple[j])
+        if bool(frozen[r]) and not torch.equal(sigma, torch.arange(sigma.numel())):
+            raise AssertionError(f"g' is not a group element: unit group {j} moves blocks of a frozen coupling class")
+        if r in sigma_rep and not torch.equal(sigma_rep[r], sigma):
+            raise AssertionError(f"g' is not a group element: unit group {j} moves its blocks unlike its coupling class")
+        sigma_rep.setdefault(r, sigma)
 
 
 @torch.no_grad()
@@ -173,7 +205,7 @@ def assert_quasi_equivariant(
     c = channels or layer.beta.channels
     dt = graph.x.dtype
     h = torch.randn(graph.num_nodes, c, generator=generator, dtype=dt)
-    e = torch.randn(graph.edge_index.size(1), c, generator=generator, dtype=dt)
+    e = torch.randn(graph.num_edges, c, generator=generator, dtype=dt)
     if ctx.gl is not None:
         e[ctx.gl.dead] = 0  # query→key pairing edges carry no feature (see qegraph.nn.gl)
     f_h, f_e = layer(h, e, ctx)[:2]

@@ -120,6 +120,76 @@ def randomize_buffers(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+# ---------------------------------------------------------------------- transformers (float64, weights N(0, 0.3²))
+D_MODEL, N_HEADS, D_FF = 16, 4, 24
+
+
+def _normal_(module: nn.Module, seed: int, std: float = 0.3) -> nn.Module:
+    """Every parameter N(0, std²) from a seeded generator: non-trivial biases and norm parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+    return module
+
+
+def encoder(norm_first: bool = False, activation: str = "relu", batch_first: bool = True, layers: int = 2,
+            d_model: int = D_MODEL, heads: int = N_HEADS, d_ff: int = D_FF, seed: int = 0) -> nn.TransformerEncoder:
+    """An ``nn.TransformerEncoder`` (post- or pre-norm, final LayerNorm with pre-norm), float64, eval."""
+    torch.manual_seed(seed)
+    layer = nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout=0.0, activation=activation,
+                                       batch_first=batch_first, norm_first=norm_first)
+    enc = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d_model) if norm_first else None,
+                                enable_nested_tensor=False)
+    return _normal_(enc, seed).double().eval()
+
+
+class ViT(nn.Module):
+    """Patch conv → tokens → cls token + positional embedding → encoder → cls / mean pool → head."""
+
+    def __init__(self, pool: str) -> None:
+        super().__init__()
+        self.pool = pool
+        self.patch = nn.Conv2d(3, D_MODEL, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D_MODEL))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, D_MODEL))
+        layer = nn.TransformerEncoderLayer(D_MODEL, N_HEADS, D_FF, dropout=0.0, batch_first=True, norm_first=True,
+                                           activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(D_MODEL)
+        self.head = nn.Linear(D_MODEL, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.norm(self.encoder(x))
+        return self.head(x[:, 0] if self.pool == "cls" else x.mean(dim=1))
+
+
+def vit(pool: str = "cls", seed: int = 1) -> ViT:
+    """A ViT-style classifier on 8×8 RGB images (4 patches + cls token), float64, eval."""
+    torch.manual_seed(seed)
+    return _normal_(ViT(pool), seed).double().eval()
+
+
+def bert_state_dict(vocab: int = 50, hidden: int = 16, layers: int = 2, heads: int = 4, inter: int = 32,
+                    positions: int = 12, types: int = 2, prefix: str = "bert.", pooler: bool = True,
+                    position_ids: bool = True, seed: int = 0, std: float = 0.05) -> dict[str, torch.Tensor]:
+    """Random float64 weights with the key names and shapes of a Hugging Face ``BertModel``."""
+    from qegraph.models import BertLayout
+
+    torch.manual_seed(seed)
+    m = BertLayout(vocab, hidden, layers, heads, inter, positions, types, pooler=pooler, prefix=prefix,
+                   position_ids=position_ids)
+    _normal_(m, seed, std)
+    return {k: v.double() if v.is_floating_point() else v for k, v in m.state_dict().items()}
+
+
+def seeded(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A standard normal tensor from its own generator (never the global RNG)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
 #: name → (builder, input shape)
 ARCHS = {
     "siren": (siren, (7, 2)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ def assert_graphs_equal(a: qegraph.ParameterGraph, b: qegraph.ParameterGraph) ->
 
 
 def test_mixed_architectures_batch_and_unbatch_exactly() -> None:
-    graphs = qegraph.pad_to_common_slots([qegraph.to_graph(make(n, torch.float32)[0]) for n in sorted(ARCHS)])
+    graphs = [qegraph.to_graph(make(n, torch.float32)[0]) for n in sorted(ARCHS)]  # no padding step
+    assert qegraph.pad_to_common_slots(graphs) == graphs  # kept for compatibility: the identity
     loader = DataLoader(graphs, batch_size=4, shuffle=False)
     out = []
     for batch in loader:
@@ -38,11 +40,20 @@ def test_mixed_architectures_batch_and_unbatch_exactly() -> None:
             assert torch.equal(a, b), k
 
 
-def test_batched_edge_type_and_mask_match_per_graph() -> None:
-    graphs = qegraph.pad_to_common_slots([qegraph.to_graph(make(n)[0]) for n in ("lenet", "rescnn", "siren")])
+def test_batched_derived_fields_match_per_graph() -> None:
+    """edge_index / edge_type / edge_mask / edge_attr of a batch are its graphs', the padded ones widened
+    to the batch's largest width (zeros beyond each graph's own)."""
+    graphs = [qegraph.to_graph(make(n)[0]) for n in ("lenet", "rescnn", "siren")]
     batch = next(iter(DataLoader(graphs, batch_size=3)))
     assert torch.equal(batch.edge_type, torch.cat([g.edge_type for g in graphs]))
-    assert torch.equal(batch.edge_mask, torch.cat([g.edge_mask for g in graphs]))
+    offsets = torch.tensor([0] + [g.num_nodes for g in graphs[:-1]]).cumsum(0)
+    assert torch.equal(batch.edge_index, torch.cat([g.edge_index + o for g, o in zip(graphs, offsets)], dim=1))
+    s = max(g.num_slots for g in graphs)
+    assert batch.num_slots == s == 25 and graphs[2].num_slots == 1
+    widen = lambda t: torch.cat([t, t.new_zeros(t.size(0), s - t.size(1))], dim=1)  # noqa: E731
+    assert torch.equal(batch.edge_mask, torch.cat([widen(g.edge_mask) for g in graphs]))
+    assert torch.equal(batch.edge_attr, torch.cat([widen(g.edge_attr) for g in graphs]))
+    assert batch.num_edges == sum(g.num_edges for g in graphs) == batch.edge_index.size(1)
 
 
 def test_batch_refuses_to_state_dict() -> None:
@@ -62,11 +73,21 @@ def test_save_load_round_trip(name: str, tmp_path: Path) -> None:
 
 
 def test_saved_file_is_compact(tmp_path: Path) -> None:
-    module, _ = make("relu_mlp", torch.float32)
+    """Nothing per edge but its own values: a net with a 7×7 stem and 1×1 convs (padded storage would
+    hold 49 slots per edge) costs its parameter bytes plus int32 node/block tables and the header."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 7), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 1), torch.nn.ReLU(),
+                                 torch.nn.Conv2d(64, 64, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                 torch.nn.Flatten(), torch.nn.Linear(64, 10))
     g = qegraph.to_graph(module)
+    assert g.edge_val.numel() == sum(p.numel() for n, p in module.named_parameters() if n.endswith("weight"))
     qegraph.save_graph(g, tmp_path / "g.qeg")
-    # edge_index is rebuilt on load, so the file holds about one value per parameter plus metadata
-    assert (tmp_path / "g.qeg").stat().st_size < 4 * g.num_params + 8 * g.num_nodes * 10 + 4096
+    size = (tmp_path / "g.qeg").stat().st_size
+    param_bytes = 4 * g.num_params
+    index_bytes = 4 * (9 * g.num_nodes + 7 * g.eblock_size.numel() + 4 * g.sym_kind.numel())
+    header = len(json.dumps(g.meta.data)) + 4096
+    assert size <= 1.2 * param_bytes + index_bytes + header
+    assert qegraph.load_graph(tmp_path / "g.qeg").sym_group.dtype == torch.int64  # int32 on disk only
 
 
 def test_truncated_or_foreign_graph_file_is_refused(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ MODELS = ["QuasiGMN", "StrictGMN"]
 
 def _fake_job(calls: list[tuple[Any, ...]], fail: str | None = None):
     def run_job(name: str, zoo: str, model: str, seed: int, train_k: float | None, test_ks: list[float],
-                epochs: int | None = None) -> dict[str, Any]:
+                *options: Any, **kw: Any) -> dict[str, Any]:  # options: epochs, … (whatever the runner passes)
         calls.append((model, seed, train_k))
         if model == fail:
             raise RuntimeError("out of memory")

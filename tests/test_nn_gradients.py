@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import qegraph
-from qegraph.nn import QuasiGMN
+from qegraph.nn import AlphaBetaGMN, QuasiGMN
 from qegraph.nn.types import direction
 
 
@@ -20,7 +21,8 @@ def test_direction_gradient_is_capped_but_forward_exact() -> None:
     assert float(x.grad[0].abs().max()) <= 1e6  # uncapped, 1/‖x‖ makes it ~1e21 (and inf after a few layers)
 
 
-def test_quasi_gmn_gradients_finite_on_near_zero_weights() -> None:
+@pytest.mark.parametrize("cls", [QuasiGMN, AlphaBetaGMN])
+def test_gradients_finite_on_near_zero_weights(cls: type) -> None:
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
@@ -28,7 +30,7 @@ def test_quasi_gmn_gradients_finite_on_near_zero_weights() -> None:
         cnn[2].weight[:2] *= 1e-22  # two channels whose incoming weights decayed to ~0
         cnn[2].bias.zero_()
     g = qegraph.to_graph(cnn)
-    model = QuasiGMN(out_dim=1, hidden_dim=8, num_layers=2)
+    model = cls(out_dim=1, hidden_dim=8, num_layers=2)
     model(g).sum().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(t).all() for t in grads)

@@ -1,6 +1,7 @@
 """Execute every ``notebooks/*.ipynb`` top to bottom; a failing cell fails the test.
 
-Runs in the default test run with ``QEGRAPH_NB_SMALL=1`` (small models), one test per notebook,
+Runs in the default test run (``python -m pytest -q``; marked ``slow``, so not in the fast loop) with
+``QEGRAPH_NB_SMALL=1`` (small models), one test per notebook,
 so new notebooks are picked up automatically. The kernel is started with the Python running the
 tests (``sys.executable``), not whatever ``python3`` kernelspec happens to be installed, so it sees
 the same environment (and the same qegraph) as pytest. The notebooks run in a temporary directory
@@ -21,9 +22,10 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
 
 missing = [m for m in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(
-    bool(missing), reason=f"notebook tests need {', '.join(missing)} (pip install -e '.[dev]')"
-)
+pytestmark = [
+    pytest.mark.slow,  # each notebook starts a kernel (a new Python process importing torch)
+    pytest.mark.skipif(bool(missing), reason=f"notebook tests need {', '.join(missing)} (pip install -e '.[dev]')"),
+]
 
 
 def _kernel_manager():

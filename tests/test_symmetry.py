@@ -97,7 +97,7 @@ def _group(layer: str):
 def test_wrong_claims_are_caught(name: str, layer: str, kind: SymKind) -> None:
     module, x, acted = _wrong(name, _group(layer), kind)
     with pytest.raises(AssertionError, match="modules differ"):
-        assert_functionally_equal(module, acted.to_module(template=module), x, rtol=1e-6)
+        assert_functionally_equal(module, acted.to_module(template=module), x, rtol=1e-3)
 
 
 def test_element_applied_to_part_of_a_tied_group_is_caught() -> None:
@@ -112,7 +112,7 @@ def test_element_applied_to_part_of_a_tied_group_is_caught() -> None:
     broken.sym_size = torch.cat([g.sym_size, torch.tensor([add["n"]])])
     element = qegraph.symmetry_group(broken).sample(generator=torch.Generator().manual_seed(0))
     with pytest.raises(AssertionError, match="modules differ"):
-        assert_functionally_equal(module, element.act(broken).to_module(template=module), x, rtol=1e-6)
+        assert_functionally_equal(module, element.act(broken).to_module(template=module), x, rtol=1e-3)
 
 
 def test_sampling_is_deterministic_and_respects_ranges() -> None:

@@ -1,7 +1,10 @@
 """Training end to end on a tiny CNN zoo: the ``qegraph fit`` CLI, resume from a checkpoint, and DDP.
 
 The zoo (8 runs × 5 checkpoints) is split by run into 4 train runs (20 graphs), 1 val run (5) and
-3 test runs (15); the metanetwork is a QuasiGMN with hidden width 8 and one layer.
+3 test runs (15); the metanetwork is a QuasiGMN with hidden width 8 and one layer. The split seed is
+chosen so that the validation run is one that learns (test accuracy 0.09 → 0.93 over its checkpoints):
+the validation metrics compared below are real numbers, not the NaN of a run whose checkpoints tie.
+The fits are ``slow``; the argument checks of the CLI are not (they fail before any data is read).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from qegraph.data import ZooDataModule, generate_zoo
 from qegraph.nn import QuasiGMN
 from qegraph.tasks import GeneralizationPrediction
 
-SPLIT = {"val_fraction": 0.125, "test_fraction": 0.375}  # 1 val run, 3 test runs: odd sizes 5 and 15
+SPLIT = {"val_fraction": 0.125, "test_fraction": 0.375, "seed": 2}  # 1 val run, 3 test runs: odd sizes 5, 15
 METRICS = ("kendall_tau", "r2", "mae")
 
 
@@ -58,7 +61,8 @@ def write_config(tmp: Path, zoo: str, *, max_epochs: int = 1, batch_size: int = 
         },
         "model": {"class_path": "qegraph.tasks.GeneralizationPrediction",
                   "init_args": {"lr": 0.003, "model": {"class_path": "qegraph.nn.QuasiGMN",
-                                                       "init_args": {"hidden_dim": 8, "num_layers": 1}}}},
+                                                       "init_args": {"hidden_dim": 8, "num_layers": 1,
+                                                                     "stats": False}}}},
         "data": {"class_path": "qegraph.data.ZooDataModule",
                  "init_args": {"zoo_dir": zoo, "batch_size": batch_size, "augment_k": augment_k, **SPLIT}},
     }
@@ -81,6 +85,7 @@ def logged(tmp: Path) -> dict[str, list[float]]:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_fit_writes_checkpoints_and_tests_the_best(zoo: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cfg = write_config(tmp_path, zoo)
     assert main(["fit", "--config", str(cfg), "--trainer.max_epochs", "1"]) == 0
@@ -91,7 +96,7 @@ def test_cli_fit_writes_checkpoints_and_tests_the_best(zoo: str, tmp_path: Path,
     metrics = logged(tmp_path)
     for name in METRICS:
         assert len(metrics[f"test/{name}"]) == 1 and math.isfinite(metrics[f"test/{name}"][0])
-        assert len(metrics[f"val/{name}"]) == 1
+        assert len(metrics[f"val/{name}"]) == 1 and math.isfinite(metrics[f"val/{name}"][0])
 
 
 @pytest.mark.parametrize(("flag", "value", "key"), [
@@ -101,9 +106,9 @@ def test_cli_fit_writes_checkpoints_and_tests_the_best(zoo: str, tmp_path: Path,
     ("--trainer.max_epochs", "many", "max_epochs"),
     ("--data.init_args.batch_size", "1.5", "batch_size"),
 ])
-def test_cli_reports_unknown_keys_and_bad_values(zoo: str, tmp_path: Path, capsys: pytest.CaptureFixture,
+def test_cli_reports_unknown_keys_and_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                  flag: str, value: str, key: str) -> None:
-    cfg = write_config(tmp_path, zoo)
+    cfg = write_config(tmp_path, str(tmp_path / "no-zoo-needed"))  # refused while parsing, before any data
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", str(cfg), flag, value])
     assert e.value.code == 2
@@ -129,6 +134,7 @@ def _fit(zoo: str, ckpt_dir: Path, max_epochs: int, ckpt_path: str | None = None
     return val, test, params
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_uninterrupted_run(zoo: str, tmp_path: Path) -> None:
     """2 epochs straight vs 1 epoch, stop, resume from last.ckpt for the 2nd: bitwise the same
     parameters, val and test metrics, with training augmentation on (augment_k=1: random
@@ -144,8 +150,8 @@ def test_resumed_run_matches_uninterrupted_run(zoo: str, tmp_path: Path) -> None
         assert torch.equal(params_a[k], params_b[k]), (k, (params_a[k] - params_b[k]).abs().max())
     assert any(not torch.equal(params_1[k], params_a[k]) for k in params_a)  # epoch 2 did train
     assert {f"val/{m}" for m in METRICS} <= val_a.keys() and val_a.keys() == val_b.keys()
-    for k in val_a:  # val τ is NaN in both (the one val run's predictions tie, see the DDP test)
-        assert val_b[k] == val_a[k] or (math.isnan(val_a[k]) and math.isnan(val_b[k])), k
+    for k in val_a:
+        assert math.isfinite(val_a[k]) and val_b[k] == val_a[k], (k, val_a[k], val_b[k])
     assert test_a.keys() == test_b.keys() and {f"test/{m}" for m in METRICS} <= test_a.keys()
     for k in test_a:
         assert test_b[k] == test_a[k], k
@@ -155,6 +161,7 @@ def test_resumed_run_matches_uninterrupted_run(zoo: str, tmp_path: Path) -> None
 # ---------------------------------------------------------------------------------------------- DDP
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_a_single_process(zoo: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``qegraph fit --trainer.strategy ddp --trainer.devices 2`` (gloo, 2 CPU processes launched by
     Lightning) for 2 epochs of one step each vs a single process, same seed, no augmentation.
@@ -162,7 +169,10 @@ def test_ddp_two_cpu_processes_match_a_single_process(zoo: str, tmp_path: Path, 
     "Match" means: the same trained parameters and the same val/test metrics (to float tolerance).
     This holds because each epoch is one full-batch step: the single process sees all 20 training
     graphs in one batch of 20, each DDP rank a disjoint half (batch 10) and DDP averages the two
-    gradients, which is the full-batch mean gradient. Val/test metrics are scored on predictions
+    gradients, which is the full-batch mean gradient. Both runs use ``QuasiGMN(stats=False)``: the
+    statistics skip path standardizes with BatchNorm, whose batch moments are per rank under DDP
+    (``--trainer.sync_batchnorm true`` synchronises them, on GPUs only), so with it the two runs
+    legitimately differ. Val/test metrics are scored on predictions
     gathered from both ranks; the val (5) and test (15) sets have odd sizes, so the distributed
     sampler pads them with a repeated graph, which must be dropped (by ``zoo_id``) for R², MAE and
     Kendall τ to equal the single-process values.
@@ -188,10 +198,8 @@ def test_ddp_two_cpu_processes_match_a_single_process(zoo: str, tmp_path: Path, 
         for name in METRICS:
             key = f"{stage}/{name}"
             assert len(m1[key]) == len(m2[key]) == (2 if stage == "val" else 1), key
-            # the one validation run never leaves chance level (SGD, lr 1e-3): its 5 checkpoints get
-            # predictions equal up to round-off, so val τ is undefined (NaN) in both runs — and must be
-            assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-5, nan_ok=True), key
-    assert all(math.isfinite(v) for v in m1["test/kendall_tau"] + m2["test/kendall_tau"])  # test τ is compared
+            assert all(math.isfinite(v) for v in m1[key] + m2[key]), (key, m1[key], m2[key])
+            assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-5), key
 
     sd1 = torch.load(single / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     sd2 = torch.load(ddp / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]

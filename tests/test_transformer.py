@@ -8,51 +8,13 @@ from torch import nn
 from torch_geometric.data import Batch
 
 import qegraph
+from nets import D_MODEL as D
+from nets import N_HEADS as H
+from nets import encoder, seeded, vit
 from qegraph.errors import QegraphError
 from qegraph.graph.types import GLRole, NodeType, SymKind
 from qegraph.symmetry.gl import apply_gl, sample_gl
 from qegraph.testing import assert_functionally_equal
-
-D, H, FF = 16, 4, 24
-
-
-def encoder(norm_first: bool, activation: str, batch_first: bool = True) -> nn.TransformerEncoder:
-    torch.manual_seed(0)
-    layer = nn.TransformerEncoderLayer(D, H, FF, dropout=0.0, activation=activation, batch_first=batch_first,
-                                       norm_first=norm_first)
-    enc = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(D) if norm_first else None, enable_nested_tensor=False)
-    for p in enc.parameters():  # non-trivial biases and norm parameters
-        nn.init.normal_(p, std=0.3)
-    return enc.double().eval()
-
-
-class ViT(nn.Module):
-    """Patch conv → tokens → cls token + positional embedding → encoder → cls / mean pool → head."""
-
-    def __init__(self, pool: str) -> None:
-        super().__init__()
-        self.pool = pool
-        self.patch = nn.Conv2d(3, D, 4, stride=4)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, D))
-        self.pos_embed = nn.Parameter(torch.randn(1, 5, D))
-        layer = nn.TransformerEncoderLayer(D, H, FF, dropout=0.0, batch_first=True, norm_first=True, activation="gelu")
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(D)
-        self.head = nn.Linear(D, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        x = self.norm(self.encoder(x))
-        return self.head(x[:, 0] if self.pool == "cls" else x.mean(dim=1))
-
-
-def vit(pool: str) -> ViT:
-    torch.manual_seed(1)
-    m = ViT(pool)
-    for p in m.parameters():
-        nn.init.normal_(p, std=0.3)
-    return m.double().eval()
 
 
 def assert_exact_round_trip(graph: qegraph.ParameterGraph, module: nn.Module) -> None:
@@ -67,10 +29,11 @@ def assert_symmetric(module: nn.Module, inputs: torch.Tensor, n: int = 5) -> Non
     graph = qegraph.to_graph(module)
     group = qegraph.symmetry_group(graph)
     gen = torch.Generator().manual_seed(0)
+    ref = torch.cat([v.flatten() for v in graph.to_state_dict().values()])
     for _ in range(n):
         acted = group.sample(generator=gen, scale_range=(1.0, 1e4), gl_cond=10.0).act(graph)
         moved = acted.to_module(template=module)
-        assert not torch.equal(acted.edge_attr, graph.edge_attr)
+        assert not torch.equal(torch.cat([v.flatten() for v in acted.to_state_dict().values()]), ref)
         assert_functionally_equal(module, moved, inputs, rtol=1e-10)
 
 
@@ -88,13 +51,13 @@ def test_encoder_round_trip_and_symmetry(norm_first: bool, activation: str) -> N
     assert kind_of(graph, "layers.0.self_attn.q") == SymKind.HEADS
     assert kind_of(graph, "layers.0.ffn") == (SymKind.SCALE if activation == "relu" else SymKind.PERM)
     assert kind_of(graph, "layers.1.add2") == SymKind.FIXED  # the stream touches input and output features
-    assert_symmetric(enc, torch.randn(3, 6, D, dtype=torch.float64))
+    assert_symmetric(enc, seeded((3, 6, D), 1))
 
 
 def test_encoder_seq_first() -> None:
     enc = encoder(True, "relu", batch_first=False)
     assert_exact_round_trip(qegraph.to_graph(enc), enc)
-    assert_symmetric(enc, torch.randn(6, 3, D, dtype=torch.float64), n=2)
+    assert_symmetric(enc, seeded((6, 3, D), 1), n=2)
 
 
 def test_head_metadata() -> None:
@@ -119,7 +82,7 @@ def test_vit_round_trip_and_symmetry(pool: str) -> None:
     assert kind_of(graph, "patch") == SymKind.PERM  # the stream is free: conv → … → head
     assert int((graph.node_type == int(NodeType.EMBED)).sum()) == 2 * D
     assert graph.etable_rows.tolist() == [1, 5]
-    assert_symmetric(m, torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    assert_symmetric(m, seeded((2, 3, 8, 8), 1))
 
 
 def test_gl_matrices_are_well_conditioned() -> None:
@@ -137,16 +100,16 @@ def _partial(module: nn.Module, roles_in: set[int], roles_out: set[int]) -> nn.M
     return graph.with_features(x=x, edge_attr=edge_attr).to_module(template=module)
 
 
-@pytest.mark.parametrize("module", [encoder(False, "gelu"), vit("cls")], ids=["encoder", "vit"])
-def test_partial_gl_actions_are_caught(module: nn.Module) -> None:
-    inputs = torch.randn(3, 6, D, dtype=torch.float64) if isinstance(module, nn.TransformerEncoder) \
-        else torch.randn(2, 3, 8, 8, dtype=torch.float64)
+@pytest.mark.parametrize("name", ["encoder", "vit"])
+def test_partial_gl_actions_are_caught(name: str) -> None:
+    module = encoder(False, "gelu") if name == "encoder" else vit("cls")
+    inputs = seeded((3, 6, D), 2) if name == "encoder" else seeded((2, 3, 8, 8), 2)
     q, k, v = int(GLRole.QUERY), int(GLRole.KEY), int(GLRole.VALUE)
     assert_functionally_equal(module, _partial(module, {q, k, v}, {q, k, v}), inputs)  # the full action is fine
-    with pytest.raises(AssertionError):  # A on Q without A^{-T} on K
-        assert_functionally_equal(module, _partial(module, {q, v}, {q, k, v}), inputs)
-    with pytest.raises(AssertionError):  # B on V without B^{-1} on the output projection
-        assert_functionally_equal(module, _partial(module, {q, k, v}, {q, k}), inputs)
+    with pytest.raises(AssertionError, match="modules differ"):  # A on Q without A^{-T} on K
+        assert_functionally_equal(module, _partial(module, {q, v}, {q, k, v}), inputs, rtol=1e-3)
+    with pytest.raises(AssertionError, match="modules differ"):  # B on V without B^{-1} on the output projection
+        assert_functionally_equal(module, _partial(module, {q, k, v}, {q, k}), inputs, rtol=1e-3)
 
 
 def test_wrong_claim_on_gelu_ffn_is_caught() -> None:
@@ -155,8 +118,8 @@ def test_wrong_claim_on_gelu_ffn_is_caught() -> None:
     ffn = next(u["group"] for u in graph.units if u["name"] == "layers.0.ffn")
     bad = qegraph.symmetry_group(graph).with_kinds({ffn: SymKind.SCALE})
     acted = bad.sample(generator=torch.Generator().manual_seed(0), scale_range=(2.0, 10.0)).act(graph)
-    with pytest.raises(AssertionError):
-        assert_functionally_equal(enc, acted.to_module(template=enc), torch.randn(3, 6, D, dtype=torch.float64))
+    with pytest.raises(AssertionError, match="modules differ"):
+        assert_functionally_equal(enc, acted.to_module(template=enc), seeded((3, 6, D), 1), rtol=1e-3)
 
 
 class _Attn(nn.Module):
@@ -173,7 +136,7 @@ def test_plain_multihead_attention() -> None:
     m = _Attn().double().eval()
     graph = qegraph.to_graph(m)
     assert_exact_round_trip(graph, m)
-    assert_symmetric(m, torch.randn(2, 5, D, dtype=torch.float64), n=2)
+    assert_symmetric(m, seeded((2, 5, D), 1), n=2)
 
 
 @pytest.mark.parametrize("kw", [{"add_bias_kv": True}, {"add_zero_attn": True}])
@@ -196,5 +159,5 @@ def test_batch_with_mlp() -> None:
     acted = qegraph.symmetry_group(batch).sample(generator=torch.Generator().manual_seed(0)).act(batch)
     assert not torch.equal(acted.emb_attr, batch.emb_attr)
     parts = Batch.to_data_list(acted)
-    assert_functionally_equal(vit_m, parts[0].to_module(template=vit_m), torch.randn(2, 3, 8, 8, dtype=torch.float64))
-    assert_functionally_equal(mlp, parts[1].to_module(template=mlp), torch.randn(4, 5, dtype=torch.float64))
+    assert_functionally_equal(vit_m, parts[0].to_module(template=vit_m), seeded((2, 3, 8, 8), 1), rtol=1e-10)
+    assert_functionally_equal(mlp, parts[1].to_module(template=mlp), seeded((4, 5), 1), rtol=1e-10)

@@ -100,6 +100,7 @@ def test_resume_with_other_arguments_is_refused(tmp_path: Path, short_cnn: None)
         generate_zoo("inr", tmp_path / "i", 5000, progress=False)
 
 
+@pytest.mark.slow
 def test_cnn_zoo_spreads_and_reproduces_its_accuracies(tmp_path: Path) -> None:
     generate_zoo("cnn", tmp_path / "z", 12, seed=0, progress=False)
     zoo = Zoo(tmp_path / "z")
@@ -123,6 +124,7 @@ def test_cnn_zoo_spreads_and_reproduces_its_accuracies(tmp_path: Path) -> None:
     assert "12 runs" in text and "test_accuracy" in text and "cnn-relu" in text
 
 
+@pytest.mark.slow
 def test_mlp_zoo_mixes_architectures(tmp_path: Path) -> None:
     generate_zoo("mlp", tmp_path / "z", 10, seed=0, progress=False)
     zoo = Zoo(tmp_path / "z")
@@ -149,7 +151,7 @@ def test_inr_zoo_fits_the_images(tmp_path: Path) -> None:
 
 
 def test_transformer_zoo_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TransformerFamily, "checkpoint_steps", (0, 40))
+    monkeypatch.setattr(TransformerFamily, "checkpoint_steps", (0, 10))
     generate_zoo("transformer", tmp_path / "z", 4, seed=0, progress=False)
     zoo = Zoo(tmp_path / "z")
     from qegraph.data.digits import row_tokens
@@ -167,6 +169,7 @@ def test_families_are_registered() -> None:
     assert set(generate_mod.FAMILIES) == {"cnn", "mlp", "inr", "transformer"}
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_zoo(tmp_path: Path) -> None:
     generate_zoo("inr", tmp_path / "one", 6, seed=0, chunk_size=2, progress=False, workers=1)
     generate_zoo("inr", tmp_path / "two", 6, seed=0, chunk_size=2, progress=False, workers=2)

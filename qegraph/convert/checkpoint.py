@@ -3,8 +3,13 @@
 * ``.safetensors`` files are read with safetensors; everything else with
   ``torch.load(weights_only=True)``. Whole pickled modules load only with ``trust_pickle=True``.
 * The architecture comes from ``arch="pkg.module:Class"`` (+ ``arch_kwargs``), a YAML ``spec``
-  (see ``qegraph.graph.arch``), a key layout (``layout="bert"``), or, for a plain chain of Linear
-  ``*.weight`` / ``*.bias`` keys, is recognised as an MLP (activation from ``activation``).
+  (see ``qegraph.graph.arch``), a Hugging Face layout chosen by ``config.json``'s ``model_type``
+  (``config=``, or a ``config.json`` next to the checkpoint; ``layout=`` overrides the model type,
+  ``arch="transformers:BertModel"`` names the class), or, for a plain chain of Linear ``*.weight`` /
+  ``*.bias`` keys, is recognised as an MLP (activation from ``activation``).
+* ``strip_prefix="module."`` removes a wrapper's key prefix first. When every key carries a
+  ``module.`` (DataParallel) or ``model.`` (Lightning) prefix and the conversion fails, the error names
+  the prefix and the option.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import json
 import pickle
 import re
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +27,71 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from qegraph.convert.bert import bert_to_graph
-from qegraph.convert.fx_converter import to_graph
-from qegraph.errors import CheckpointError, QegraphError
+from qegraph.convert import to_graph
+from qegraph.convert.hf import FAMILIES, detect_layout, hf_to_graph, supported_model_types
+from qegraph.errors import CheckpointError, NonFiniteError, QegraphError
 from qegraph.graph.arch import check_state_dict_matches, module_from_arch
 from qegraph.graph.parameter_graph import ParameterGraph
 from qegraph.modules import activation_fn
 
-def _bert_layout(sd: dict[str, Tensor], path: Path, *, allow_nonfinite: bool = False,
-                 num_heads: int | None = None) -> ParameterGraph:
-    """BERT layout: ``num_heads`` from the argument, else from ``config.json`` next to the checkpoint."""
-    config = path.parent / "config.json"
-    if num_heads is None and config.is_file():
-        try:
-            num_heads = int(json.loads(config.read_text())["num_attention_heads"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise QegraphError(f"{config}: cannot read num_attention_heads ({e}); pass --num-heads") from None
-    if num_heads is None:
-        raise QegraphError(f"{path}: the number of attention heads is unknown: pass --num-heads "
-                           "(or put a config.json with num_attention_heads next to the checkpoint)")
-    return bert_to_graph(sd, num_heads, allow_nonfinite=allow_nonfinite, source=str(path))
+#: ``--layout`` names: the Hugging Face model types (``qegraph.convert.hf``).
+LAYOUTS: tuple[str, ...] = tuple(supported_model_types())
+
+#: Key prefixes that training wrappers add to every key.
+WRAPPER_PREFIXES = {"module.": "as saved from DataParallel / DistributedDataParallel",
+                    "model.": "as saved from a Lightning module"}
 
 
-#: Layout converters: name → fn(state_dict, path, allow_nonfinite=..., **options) -> ParameterGraph.
-LAYOUTS: dict[str, Callable[..., ParameterGraph]] = {"bert": _bert_layout}
+def wrapper_prefix(sd: dict[str, Tensor]) -> str | None:
+    """``"module."`` or ``"model."`` when every key starts with it, else None."""
+    return next((p for p in WRAPPER_PREFIXES if sd and all(k.startswith(p) for k in sd)), None)
+
+
+def strip_key_prefix(sd: dict[str, Tensor], prefix: str, source: str) -> dict[str, Tensor]:
+    """``sd`` with ``prefix`` removed from every key (each key must carry it)."""
+    bad = next((k for k in sd if not k.startswith(prefix)), None)
+    if bad is not None:
+        raise QegraphError(f"{source}: --strip-prefix {prefix!r}: key {bad!r} does not start with it")
+    return {k[len(prefix):]: v for k, v in sd.items()}
+
+
+def read_config(path: str | Path | None, checkpoint: Path) -> dict[str, Any] | None:
+    """The model's config values: the ``path`` file, else ``config.json`` next to the checkpoint, else None."""
+    file = Path(path) if path is not None else checkpoint.parent / "config.json"
+    if path is None and not file.is_file():
+        return None
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise QegraphError(f"{file}: cannot read the config: {e}") from None
+    if not isinstance(value, dict):
+        raise QegraphError(f"{file}: a config must be a JSON object")
+    return value
+
+
+def hf_layout(sd: dict[str, Tensor], path: Path, config: dict[str, Any] | None, *, model_type: str | None = None,
+              num_heads: int | None = None, library_class: str | None = None,
+              allow_nonfinite: bool = False) -> ParameterGraph:
+    """A Hugging Face layout: ``model_type`` (or the config's), key checks first, then the config
+    (``num_heads`` fills or must agree with the family's head-count field)."""
+    cfg = dict(config or {})
+    source = str(path)
+    mt = model_type or cfg.get("model_type")
+    if mt is None:
+        raise QegraphError(f"{source}: the model type is unknown: pass --config config.json (with 'model_type') "
+                           f"or --layout ({', '.join(LAYOUTS)})")
+    if mt not in FAMILIES:
+        raise QegraphError(f"{source}: unknown layout / model_type {mt!r}; supported: {', '.join(LAYOUTS)}")
+    _, detected = detect_layout(sd, mt, source)
+    if library_class is not None and detected != library_class:
+        raise QegraphError(f"{source}: the keys are those of transformers.{detected}, not {library_class}")
+    if num_heads is not None:
+        field = FAMILIES[mt].heads_field
+        if cfg.get(field) is not None and int(cfg[field]) != num_heads:
+            raise QegraphError(f"{source}: --num-heads {num_heads} contradicts the config's {field}={cfg[field]}")
+        cfg[field] = int(num_heads)
+    return hf_to_graph(sd, cfg, model_type=mt, allow_nonfinite=allow_nonfinite, source=source)
+
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -147,11 +192,13 @@ def convert(
     spec: str | Path | None = None,
     *,
     layout: str | None = None,
+    config: str | Path | None = None,
+    num_heads: int | None = None,
+    strip_prefix: str | None = None,
     activation: str = "relu",
     trust_pickle: bool = False,
     allow_nonfinite: bool = False,
     num_slots: int | None = None,
-    **layout_options: Any,
 ) -> ParameterGraph:
     """Convert a checkpoint file to a :class:`ParameterGraph` (see the module docstring)."""
     path = Path(path)
@@ -162,11 +209,41 @@ def convert(
     opts = {"allow_nonfinite": allow_nonfinite, "num_slots": num_slots, "name": path.name}
     if isinstance(loaded, nn.Module):
         return to_graph(loaded, **opts)
-    sd = loaded
-    if layout is not None:
-        if layout not in LAYOUTS:
-            raise QegraphError(f"unknown layout {layout!r}; available: {', '.join(sorted(LAYOUTS)) or 'none'}")
-        return LAYOUTS[layout](sd, path, allow_nonfinite=allow_nonfinite, **layout_options)
+    sd = loaded if strip_prefix is None else strip_key_prefix(loaded, strip_prefix, str(path))
+    try:
+        return _convert_state_dict(sd, path, arch, arch_kwargs, spec, layout=layout, config=config,
+                                   num_heads=num_heads, activation=activation, allow_nonfinite=allow_nonfinite,
+                                   num_slots=num_slots)
+    except NonFiniteError:
+        raise
+    except QegraphError as e:
+        prefix = None if strip_prefix is not None else wrapper_prefix(sd)
+        if prefix is None:
+            raise
+        raise QegraphError(f"{path}: every key starts with {prefix!r} ({WRAPPER_PREFIXES[prefix]}); pass "
+                           f"--strip-prefix {prefix} to remove it (as it is: {e})") from None
+
+
+def _convert_state_dict(sd: dict[str, Tensor], path: Path, arch: str | None, arch_kwargs: dict[str, Any] | None,
+                        spec: str | Path | None, *, layout: str | None, config: str | Path | None,
+                        num_heads: int | None, activation: str, allow_nonfinite: bool,
+                        num_slots: int | None) -> ParameterGraph:
+    hf_arch = arch is not None and arch.startswith("transformers:")
+    wants = config is not None or layout is not None or hf_arch or (arch is None and spec is None)
+    cfg = read_config(config, path) if wants else None
+    if hf_arch:
+        assert arch is not None
+        if cfg is None:
+            raise QegraphError(f"--arch {arch} is built from the model's config: pass --config config.json")
+        if arch_kwargs:
+            raise QegraphError(f"--arch {arch} takes no --arch-kwargs: its constructor arguments come from "
+                               "--config and from the checkpoint's keys (e.g. a pooler)")
+        return hf_layout(sd, path, cfg, num_heads=num_heads, library_class=arch.split(":", 1)[1],
+                         allow_nonfinite=allow_nonfinite)
+    if layout is not None or (arch is None and spec is None and cfg is not None and "model_type" in cfg):
+        return hf_layout(sd, path, cfg, model_type=layout, num_heads=num_heads, allow_nonfinite=allow_nonfinite)
+    if num_heads is not None:
+        raise QegraphError("--num-heads applies to Hugging Face layouts only (--layout or a config.json)")
     if arch is not None:
         record = {"type": "class", "target": arch, "kwargs": arch_kwargs or {}}
     elif spec is not None:
@@ -176,7 +253,7 @@ def convert(
         if chain is None:
             raise QegraphError(
                 f"{path}: cannot infer the architecture (its keys are not a plain chain of Linear "
-                "weight/bias tensors); pass --arch pkg.module:Class or --spec spec.yaml"
+                "weight/bias tensors); pass --arch pkg.module:Class, --spec spec.yaml, or the model's config.json"
             )
         try:
             activation_fn(activation)
@@ -184,7 +261,7 @@ def convert(
             raise QegraphError(str(e)) from None
         record = {"type": "chain_mlp", "layers": chain, "activation": activation}
     module = _module_for(sd, record, source=str(path))
-    return to_graph(module, arch=record, **opts)
+    return to_graph(module, arch=record, allow_nonfinite=allow_nonfinite, num_slots=num_slots, name=path.name)
 
 
 def parse_json_kwargs(text: str | None) -> dict[str, Any] | None:
@@ -200,4 +277,5 @@ def parse_json_kwargs(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-__all__ = ["LAYOUTS", "convert", "linear_chain", "load_checkpoint", "parse_json_kwargs", "read_spec"]
+__all__ = ["LAYOUTS", "convert", "hf_layout", "linear_chain", "load_checkpoint", "parse_json_kwargs", "read_config",
+           "read_spec", "strip_key_prefix", "wrapper_prefix"]

@@ -14,6 +14,15 @@ tokens and selecting a token are recognised. Parameters read directly in forward
 positional embeddings, a cls token) are :class:`ParamRef` values; adding one to tokens or
 concatenating it along the token dim makes it an embedding table (``qegraph.graph.extras``).
 
+Grouped and depthwise convolutions (``groups = g``) get a "grouped" edge block in the layout of their
+weight [C_out, C_in/g, …] and couple the block structure of their input and output channels (a
+permutation must move whole groups on both sides together). The product of two unit tensors
+(squeeze-and-excitation ``x * sigmoid(fc(pool(x)))``, GLU/SwiGLU) gets its own unit layer tied to both
+factors, with permutations only (see :meth:`FxConverter.product`).
+
+Error messages name the source (a checkpoint file or the module's class), then the module path and
+type, e.g. ``my.pt: module 'layer1.0.conv1' (Conv2d): …``.
+
 Handlers for further layers (e.g. attention, ``qegraph.convert.transformer``) are registered with
 :func:`register_module_handler`.
 """
@@ -26,10 +35,12 @@ import numbers
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qegraph.errors import QegraphError, UnsupportedOpError
@@ -59,6 +70,20 @@ class ParamRef:
 
     key: str
     tensor: Tensor
+
+
+def _user_frame(e: BaseException) -> str:
+    """`` (at file.py:12 in forward)``: the innermost traceback frame outside torch, or ``""``."""
+    torch_dir = str(Path(torch.__file__).parent)
+    tb, last = e.__traceback__, None
+    while tb is not None:
+        f = tb.tb_frame.f_code
+        if not f.co_filename.startswith(torch_dir) and f.co_filename != __file__:
+            last = (f.co_filename, tb.tb_lineno, f.co_name)
+        tb = tb.tb_next
+    if last is None:
+        return ""
+    return f" (at {Path(last[0]).name}:{last[1]} in {last[2]})"
 
 
 class Opaque:
@@ -95,12 +120,20 @@ class FxConverter:
 
     # ------------------------------------------------------------------ helpers
     def where(self) -> str:
+        """``source: module 'layer1.0.conv1' (Conv2d)`` for a module call; ``…, fx node 'add'`` for an op
+        inside a submodule's forward; ``source (fx node 'add')`` for an op of the root forward."""
         n = self.node
         if n is None:
             return self.name
+        if n.op == "call_module" and n.target:
+            path, cls = str(n.target), type(self.module.get_submodule(str(n.target))).__name__
+            return f"{self.name}: module {path!r} ({cls})"
         stack = n.meta.get("nn_module_stack") or {}
-        path = next(reversed(stack.values()))[0] if stack else ""
-        return f"{self.name}{'.' + path if path else ''} (fx node {n.name!r})"
+        if stack:
+            path, cls = next(reversed(stack.values()))
+            cls = cls if isinstance(cls, str) else cls.__name__
+            return f"{self.name}: module {path!r} ({cls.rsplit('.', 1)[-1]}), fx node {n.name!r}"
+        return f"{self.name} (fx node {n.name!r})"
 
     def fail(self, msg: str) -> UnsupportedOpError:
         return UnsupportedOpError(f"{self.where()}: {msg}")
@@ -143,10 +176,14 @@ class FxConverter:
         try:
             traced = self.trace()
         except Exception as e:  # tracing errors come in many types (TraceError, TypeError, …)
+            cause = str(e).strip().splitlines()[0] if str(e).strip() else "(no message)"
             raise UnsupportedOpError(
-                f"{self.name}: forward cannot be traced with torch.fx ({type(e).__name__}: {e}); "
-                "data-dependent control flow is not supported"
-            ) from None
+                f"{self.name}: torch.fx cannot trace forward{_user_frame(e)}: {type(e).__name__}: {cause}. "
+                "The converter follows the symbolically traced dataflow, so forward must not branch on tensor "
+                "values or hand tensors to non-torch code (if x.sum() > 0, .item(), .tolist(), numpy); rewrite "
+                "that line, or register a handler for the submodule that contains it "
+                "(qegraph.convert.register_module_handler)"
+            ) from e
         env: dict[fx.Node, Any] = {}
         for node in traced.nodes:
             self.node = node
@@ -216,14 +253,16 @@ class FxConverter:
         if handler is not None:
             return handler(self, node, mod, list(args))
         x = args[0] if args else None
-        if cls in ops.ELEMENTWISE_MODULES:
-            return self.elementwise(x, ops.ELEMENTWISE_MODULES[cls])
+        scalars = ops.module_scalars(mod)
+        if scalars is not None:
+            return self.elementwise(x, scalars)
         if cls in ops.POOL_MODULES:
             nsp, sc = ops.POOL_MODULES[cls]
             return self.pool(x, nsp, sc)
         if isinstance(mod, nn.Flatten):
             return self.flatten(x, mod.start_dim, mod.end_dim)
-        raise self.fail(f"unsupported module {path!r} ({cls.__module__}.{cls.__qualname__})")
+        raise self.fail(f"unsupported module type {cls.__module__}.{cls.__qualname__} (see 'What the converter "
+                        "understands' in the README; register a handler with qegraph.convert.register_module_handler)")
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
         name = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
@@ -239,15 +278,35 @@ class FxConverter:
             return Opaque()  # arithmetic on shapes and constants
         if target in ops.ELEMENTWISE_FUNCTIONS:
             return self.elementwise(x, ops.ELEMENTWISE_FUNCTIONS[target])
+        named = ops.named_function_scalars(target)
+        if named is not None:
+            return self.elementwise(x, named)
+        clamp = self.clamp_bounds(target, args, kwargs)
+        if clamp is not None:
+            return self.elementwise(x, ops.clamp_scalars(*clamp))
+        if target in ops.POW_FUNCTIONS:
+            e = args[1] if len(args) > 1 else kwargs.get("exponent")
+            if not isinstance(x, Value) or not isinstance(e, numbers.Number):
+                raise self.fail(f"{name}() is supported only as a unit tensor raised to a constant power")
+            return self.elementwise(x, Scalars.ALL if e == 1 else Scalars.ONE)
         if target in ops.ADD_FUNCTIONS:
             return self.add(args[0], args[1])
         if target in ops.MUL_FUNCTIONS:
             a, c = args[0], args[1]
             if isinstance(a, Value) and isinstance(c, numbers.Number) and c != 0:
                 return self.elementwise(a, Scalars.ALL)
-            if isinstance(c, Value) and isinstance(a, numbers.Number) and a != 0 and target in (operator.mul, "mul"):
+            if isinstance(c, Value) and isinstance(a, numbers.Number) and a != 0 and target in ops.PRODUCT_FUNCTIONS:
                 return self.elementwise(c, Scalars.ALL)
-            raise self.fail(f"op {name!r} is supported only as multiplication/division by a nonzero constant")
+            if isinstance(a, Value) and isinstance(c, Value) and target in ops.PRODUCT_FUNCTIONS:
+                return self.product(a, c)
+            raise self.fail(f"op {name!r} is supported only as multiplication/division by a nonzero constant "
+                            "or as the product of two unit tensors (gating)")
+        if target is operator.getitem and isinstance(x, Value):
+            return self.add_dims_by_index(x, args[1])
+        if target in ops.UNSQUEEZE_FUNCTIONS:
+            return self.unsqueeze(x, args[1] if len(args) > 1 else kwargs.get("dim"))
+        if target in ops.EXPAND_FUNCTIONS:
+            return self.expand(x, target, args[1:] or tuple(kwargs.values()))
         if target in ops.POOL_FUNCTIONS:
             nsp, sc = ops.POOL_FUNCTIONS[target]
             return self.pool(x, nsp, sc)
@@ -259,9 +318,16 @@ class FxConverter:
             shape = args[1:] if len(args) > 1 else kwargs.get("shape", ())
             if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
                 shape = tuple(shape[0])
-            if len(shape) == 2 and shape[1] == -1:
+            # [B, …] → [B, k] keeps the batch dim (dim 0 of the shape is the batch size, e.g. x.size(0)):
+            # a flatten; with -1 first (x.view(-1, k)) rows could mix channels, so that is refused
+            if len(shape) == 2 and not (isinstance(shape[0], int) and shape[0] == -1) and (
+                    shape[1] == -1 or (isinstance(x, Value) and x.layout in ("spatial", "flat", "pending"))):
                 return self.flatten(x, 1, -1)
-            raise self.fail(f"{name}() is supported only as a flatten, x.{name}(x.size(0), -1)")
+            if isinstance(x, Value) and x.layout == "vector" and x.seq_dim is None and len(shape) > 2 \
+                    and all(d == 1 for d in shape[2:]):
+                return replace(x, layout="spatial", nsp=len(shape) - 2, exclusive=x.exclusive and self.exclusive())
+            raise self.fail(f"{name}() is supported only as a flatten, x.{name}(x.size(0), -1), or as adding "
+                            f"trailing spatial dims of size 1 to features, x.{name}(b, c, 1, 1)")
         if target in ops.REDUCE_FUNCTIONS:
             dims = args[1] if len(args) > 1 else kwargs.get("dim")
             keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
@@ -340,6 +406,93 @@ class FxConverter:
             self.b.add_edges(src, s, EdgeType.RESIDUAL, "diag", width=0)
             self.b.tie(src, s)
         return Value(s, a.layout, a.nsp, exclusive=self.exclusive())
+
+    def clamp_bounds(self, target: Any, args: tuple, kwargs: dict) -> tuple[Any, Any] | None:
+        """``(lo, hi)`` of a clamp / hardtanh call (None = unbounded), or None if ``target`` is no clamp."""
+        if target in ops.CLAMP_FUNCTIONS:
+            hardtanh = target is F.hardtanh
+            names, default = (("min_val", "max_val"), (-1.0, 1.0)) if hardtanh else (("min", "max"), (None, None))
+            lo = args[1] if len(args) > 1 else kwargs.get(names[0], default[0])
+            hi = args[2] if len(args) > 2 else kwargs.get(names[1], default[1])
+        elif target in ops.CLAMP_MIN_FUNCTIONS:
+            lo, hi = (args[1] if len(args) > 1 else kwargs.get("min")), None
+        elif target in ops.CLAMP_MAX_FUNCTIONS:
+            lo, hi = None, (args[1] if len(args) > 1 else kwargs.get("max"))
+        else:
+            return None
+        if not all(b is None or isinstance(b, numbers.Real) for b in (lo, hi)):
+            raise self.fail("clamp() is supported only with constant bounds")
+        return lo, hi
+
+    def product(self, a: Value, c: Value) -> Value:
+        """``a * c`` of two unit tensors, channel by channel (gating: x * sigmoid(fc(pool(x))), GLU).
+
+        Output unit i is a_i · c_i. If both factors come from the same unit layer, this is an
+        elementwise function of its units (λ = 1 only, e.g. x * sigmoid(x)). Otherwise the product gets
+        its own unit layer P with parameter-free edges a → P and c → P, and a, c, P are tied: a shared
+        permutation keeps the function. Scalars do not survive in general (λ_a λ_c ≠ λ for a common λ),
+        so the tied group keeps permutations only.
+        """
+        if a.layout == "pending" or c.layout == "pending":
+            raise self.fail("multiplying a graph input by another tensor is not supported")
+        if (a.layout, a.nsp, a.seq_dim) != (c.layout, c.nsp, c.seq_dim) or a.layout == "flat":
+            raise self.fail(f"product of a {a.layout} and a {c.layout} value: the two factors must have their units "
+                            "on the same dim (features × features, or feature maps broadcast over spatial dims)")
+        if a.layer == c.layer:
+            return self.elementwise(a, Scalars.ONE)
+        na, nc = self.b.layers[a.layer].n, self.b.layers[c.layer].n
+        if na != nc:
+            raise self.fail(f"product of {na} and {nc} units: only channel-by-channel products are supported")
+        depth = max(self.depth(a.layer), self.depth(c.layer)) + 1
+        p = self.b.add_units(f"{self.node.name}", na, NodeType.RESIDUAL, depth)
+        for src in (a.layer, c.layer):
+            self.b.add_edges(src, p, EdgeType.RESIDUAL, "diag", width=0)
+            self.b.tie(src, p)
+        self.b.constrain(p, Scalars.ONE)
+        return Value(p, a.layout, a.nsp, exclusive=self.exclusive(), seq_dim=a.seq_dim)
+
+    def add_dims_by_index(self, v: Value, index: Any) -> Value:
+        """``s[:, :, None, None]`` / ``s[..., None]``: features [B, C] → a [B, C, 1, 1] map (SE gates)."""
+        idx = index if isinstance(index, tuple) else (index,)
+        full = slice(None)
+        head = 1 if idx[:1] == (Ellipsis,) else 2 if idx[:2] == (full, full) else None
+        new = len(idx) - (head or 0)
+        if head is None or new == 0 or any(i is not None for i in idx[head:]):
+            raise self.fail(f"indexing a unit tensor with {index!r} is supported only to append size-1 dims, "
+                            "x[:, :, None, None]")
+        return self.grow_spatial(v, new, f"indexing with {index!r}")
+
+    def unsqueeze(self, v: Any, dim: Any) -> Value:
+        if not isinstance(v, Value) or not isinstance(dim, int):
+            raise self.fail("unsqueeze() is supported only on a unit tensor with a constant dim")
+        nd = v.nsp + 2 if v.layout == "spatial" else 2
+        if dim not in (-1, nd):
+            raise self.fail(f"unsqueeze({dim}) is supported only as appending a trailing dim, unsqueeze(-1)")
+        return self.grow_spatial(v, 1, "unsqueeze(-1)")
+
+    def grow_spatial(self, v: Value, k: int, what: str) -> Value:
+        """Append ``k`` size-1 spatial dims to a feature vector [B, C] or a feature map [B, C, …]."""
+        if v.layout == "spatial":
+            return replace(v, nsp=v.nsp + k, exclusive=v.exclusive and self.exclusive())
+        if v.layout == "vector" and v.seq_dim is None:
+            return replace(v, layout="spatial", nsp=k, exclusive=v.exclusive and self.exclusive())
+        raise self.fail(f"{what} is supported only on [B, C] features or [B, C, …] feature maps")
+
+    def expand(self, v: Any, target: Any, sizes: tuple) -> Value:
+        """``s.expand_as(x)`` / ``s.expand(b, c, h, w)`` of a feature map: broadcast over spatial dims only."""
+        if not isinstance(v, Value) or v.layout != "spatial":
+            raise self.fail(f"{target}() is supported only on a [B, C, …] feature map (broadcast over spatial dims)")
+        n = self.b.layers[v.layer].n
+        if target == "expand_as":
+            other = sizes[0] if sizes else None
+            if not isinstance(other, Value) or other.layout != "spatial" or self.b.layers[other.layer].n != n:
+                raise self.fail("expand_as() is supported only onto a feature map with the same channels")
+        else:
+            sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else tuple(sizes)
+            c = sizes[1] if len(sizes) > 1 else None
+            if not (c in (-1, n) or (isinstance(c, Opaque) and n > 1)):
+                raise self.fail(f"expand{sizes} must keep the {n} channels (only spatial dims may broadcast)")
+        return replace(v, exclusive=v.exclusive and self.exclusive())
 
     def norm_target(self, v: Value, n: int, name: str) -> int:
         """The unit layer that receives a norm's parameters: in place when free, else a new layer."""
@@ -482,13 +635,23 @@ def _linear(cv: FxConverter, node: fx.Node, mod: nn.Linear, args: list) -> Value
 
 
 def _conv(cv: FxConverter, node: fx.Node, mod: nn.Conv1d | nn.Conv2d, args: list) -> Value:
+    """Conv1d/Conv2d, y_o = Σ_i W[o, i] ⋆ x_i + b_o. ``groups == 1``: a dense block, edge i → o carries
+    the kernel W[o, i]. ``groups = g > 1`` (grouped and depthwise convs): output o reads only the
+    inputs of its group, W has shape [C_out, C_in/g, …] and edge k = o·(C_in/g) + i of a "grouped"
+    block runs from input (o // (C_out/g))·(C_in/g) + i to output o. A permutation keeps the function
+    iff it moves whole groups of inputs and outputs by one shared block permutation (plus any
+    permutation inside each group); ``couple_blocks`` records that. Scalings need no constraint: a
+    grouped conv is linear, so λ_in / λ_out per edge stay exact."""
     path = str(node.target)
-    if mod.groups != 1:
-        raise cv.fail(f"grouped/depthwise convolution (groups={mod.groups}) is not supported")
     nsp = len(mod.kernel_size)
     src = cv.units(args[0], mod.in_channels, "spatial", nsp).layer
     dst = cv.b.add_units(path, mod.out_channels, NodeType.HIDDEN, cv.depth(src) + 1)
-    block = cv.b.add_edges(src, dst, EdgeType.CONV, "dense", width=math.prod(mod.kernel_size))
+    width = math.prod(mod.kernel_size)
+    if mod.groups == 1:
+        block = cv.b.add_edges(src, dst, EdgeType.CONV, "dense", width=width)
+    else:
+        block = cv.b.add_edges(src, dst, EdgeType.CONV, "grouped", width=width, groups=mod.groups)
+        cv.b.couple_blocks(src, dst, mod.groups)
     cv.b.place_edges(*cv.param(path, "weight"), block)
     if mod.bias is not None:
         cv.b.place_nodes(*cv.param(path, "bias"), dst, "bias")

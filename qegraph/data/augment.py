@@ -1,9 +1,11 @@
 """Group-action augmentation: a random element of each graph's own symmetry group (DESIGN §4).
 
-Permutations of hidden units, positive scalings log-uniform in ``[1, 10**k]`` (ReLU units), sign
-flips (tanh units), and per-head GL gauges for attention (when the graph has HEADS groups). The
-acted network computes the same function. Acting once on a collated PyG batch is much cheaper than
-acting on every graph (``benchmarks/zoo.py`` measures both), so :class:`ZooDataModule` augments batches.
+Permutations of hidden units (whole groups of grouped convolutions move together), positive scalings
+log-uniform in ``[1, 10**k]`` (ReLU units), sign flips (tanh units), and per-head gauges for attention
+(GL matrices for HEADS groups, ±1 diagonals for HEAD_SIGNS groups). The acted network computes the
+same function. The action is vectorized over the graphs of a collated PyG batch (no loop over graphs),
+which is much cheaper than acting on every graph (``benchmarks/zoo.py`` measures both), so
+:class:`ZooDataModule` augments batches.
 """
 
 from __future__ import annotations

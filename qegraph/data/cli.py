@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from qegraph.data.generate import FAMILIES, generate_zoo
+from qegraph.data.generate import FAMILIES, GPU_MODELS_AT_ONCE, generate_zoo
 from qegraph.data.layouts import EXPORTERS, IMPORTERS
 from qegraph.data.store import Zoo
+from qegraph.data.train import resolve_device
 from qegraph.data.zoo_inr import INRFamily
 
 _DEFAULT_MODELS = {"cnn": 1000, "mlp": 1000, "inr": 1000, "transformer": 200}
@@ -33,8 +34,15 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--chunk-size", type=int, default=None,
                        help=f"runs trained at once and stored per shard (default {family.chunk_size})")
-        g.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                       help="processes training chunks in parallel (results do not depend on it)")
+        g.add_argument("--workers", type=int, default=None,
+                       help="CPU processes training chunks in parallel (default: 2 on a CPU, 1 on a GPU; "
+                            "results do not depend on it)")
+        g.add_argument("--device", default="cpu",
+                       help="cpu (default), cuda, cuda:N or auto (CUDA when available); random numbers are "
+                            "drawn on the CPU either way, so the zoo differs only by floating-point rounding")
+        g.add_argument("--models-at-once", type=int, default=None,
+                       help=f"runs trained in one vectorized call, in whole chunks (default: one chunk on a "
+                            f"CPU, {GPU_MODELS_AT_ONCE} on a GPU)")
         g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         if kind == "inr":
             g.add_argument("--init", choices=INRFamily.INITS, default="shared",
@@ -61,8 +69,11 @@ def run_zoo(args: argparse.Namespace) -> None:
     cmd = args.zoo_command
     if cmd in FAMILIES:
         options = {"init": args.init} if cmd == "inr" else {}
+        device = resolve_device(args.device)
+        workers = args.workers or (min(2, os.cpu_count() or 1) if device.type == "cpu" else 1)
         out = generate_zoo(cmd, args.out, args.num_models, seed=args.seed, chunk_size=args.chunk_size,
-                           progress=not args.no_progress, workers=args.workers, options=options)
+                           progress=not args.no_progress, workers=workers, options=options, device=device,
+                           models_at_once=args.models_at_once)
         print(Zoo(out).summary())
     elif cmd == "info":
         print(Zoo(args.dir).summary())

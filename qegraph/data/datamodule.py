@@ -1,10 +1,12 @@
 """``ZooDataModule``: a zoo folder as cached ParameterGraphs with run-level splits and group augmentation.
 
 Conversion runs once per architecture: the graph *structure* comes from ``qegraph.to_graph`` on a
-module of that architecture, and every checkpoint's parameters are written into the node / edge
-feature tables through the graph's explicit parameter → slot index (``meta["params"]``), which is the
-exact inverse of ``ParameterGraph.to_state_dict``. The stacked feature tables are cached in a
-safetensors file keyed by the zoo's manifest hash, so later runs skip conversion.
+module of that architecture, and every checkpoint's parameters are written into the node table ``x``
+and the ragged edge values ``edge_val`` (one value per weight) through the graph's explicit parameter →
+slot index (``meta["params"]``), which is the exact inverse of ``ParameterGraph.to_state_dict``. The
+stacked tables (``x [C, N, 5]``, ``edge_val [C, K]``, ``aux_int``, ``emb_attr``) are cached in a
+safetensors file keyed by the zoo's manifest hash, so later runs skip conversion. Graphs of different
+architectures share a batch as they are (each batch pads its own edge features when a model reads them).
 """
 
 from __future__ import annotations
@@ -29,49 +31,52 @@ from qegraph.convert import to_graph
 from qegraph.data.augment import augment
 from qegraph.data.store import Zoo, atomic_write
 from qegraph.errors import QegraphError
-from qegraph.graph.parameter_graph import ParameterGraph
+from qegraph.graph.parameter_graph import ParameterGraph, param_to_stored
+from qegraph.symmetry.canonical import canonicalize
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: ragged edge values (1 stored padded edge_attr)
+
+
+#: Tables filled per checkpoint (``emb_attr`` only where the architecture has embedding tables).
+TABLES = ("x", "edge_val", "aux_int", "emb_attr")
 
 
 def fill_graph_tables(template: ParameterGraph, state_dicts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Stacked ``x`` ``[K, N, 5]``, ``edge_attr`` ``[K, E, S]``, ``aux_int`` ``[K, A]`` holding the
-    given state_dicts of ``template``'s architecture (the inverse of ``to_state_dict``)."""
+    """Stacked ``x`` ``[C, N, 5]``, ``edge_val`` ``[C, K]``, ``aux_int`` ``[C, A]`` (and ``emb_attr``
+    ``[C, M]`` when the template has embedding tables) holding the given state_dicts of ``template``'s
+    architecture (the inverse of ``to_state_dict``)."""
     k = len(state_dicts)
     tables = {name: torch.zeros(k, *getattr(template, name).shape, dtype=getattr(template, name).dtype)
-              for name in ("x", "edge_attr", "aux_int")}
+              for name in TABLES if getattr(template, name, None) is not None}
     for p in template.meta["params"]:
         table = tables[p["table"]]
-        values = torch.stack([sd[p["key"]] for sd in state_dicts]).to(table.dtype)
+        values = torch.stack([param_to_stored(sd[p["key"]], p) for sd in state_dicts]).to(table.dtype)
         if table.dim() == 2:
-            table[:, p["start"] : p["start"] + p["rows"]] = values.reshape(k, p["rows"])
+            table[:, p["start"] : p["start"] + p["rows"] * p["width"]] = values.reshape(k, -1)
         else:
-            table[:, p["start"] : p["start"] + p["rows"], p["col"] : p["col"] + p["width"]] = values.reshape(
-                k, p["rows"], p["width"])
+            table[:, p["start"] : p["start"] + p["rows"], p["col"]] = values.reshape(k, p["rows"])
     return tables
 
 
 def normalize_tables(template: ParameterGraph, tables: dict[str, Tensor], arch: str,
                      rows: Sequence[int]) -> dict[str, Tensor]:
-    """Divide ``tables[arch/edge_attr]`` per edge block and ``tables[arch/x]`` per (depth, column) by
+    """Divide ``tables[arch/edge_val]`` per edge block and ``tables[arch/x]`` per (depth, column) by
     their root mean square over the checkpoints ``rows`` (valid slots only; 1 where all are zero), in
     place. Returns the constants: ``edge_blocks`` ``[num_blocks]``, ``node_columns`` ``[depths, 5]``."""
     idx = torch.as_tensor(list(rows), dtype=torch.long)
-    ea, x = tables[f"{arch}/edge_attr"], tables[f"{arch}/x"]
-    emask = template.edge_mask.to(torch.float64)
-    blocks = torch.repeat_interleave(torch.arange(template.eblock_size.numel()), template.eblock_size)
+    ev, x = tables[f"{arch}/edge_val"], tables[f"{arch}/x"]
     nblk = template.eblock_size.numel()
-    e_sq = (ea[idx].to(torch.float64) ** 2 * emask).sum(dim=(0, 2))
-    e_rms = torch.zeros(nblk, dtype=torch.float64).index_add_(0, blocks, e_sq)
-    e_cnt = torch.zeros(nblk, dtype=torch.float64).index_add_(0, blocks, emask.sum(1) * len(idx))
-    e_rms = _safe_rms(e_rms, e_cnt)
+    blocks = torch.repeat_interleave(torch.arange(nblk), template.eblock_size * template.eblock_width)
+    e_sq = torch.zeros(nblk, dtype=torch.float64).index_add_(0, blocks, (ev[idx].to(torch.float64) ** 2).sum(0))
+    e_cnt = torch.bincount(blocks, minlength=nblk).to(torch.float64) * len(idx)
+    e_rms = _safe_rms(e_sq, e_cnt)
     xmask = template.x_mask.to(torch.float64)
     depth = template.layer
     ndepth = int(depth.max()) + 1
     x_sq = torch.zeros(ndepth, x.size(-1), dtype=torch.float64).index_add_(0, depth, (x[idx].to(torch.float64) ** 2 * xmask).sum(0))
     x_cnt = torch.zeros(ndepth, x.size(-1), dtype=torch.float64).index_add_(0, depth, xmask * len(idx))
     x_rms = _safe_rms(x_sq, x_cnt)
-    tables[f"{arch}/edge_attr"] = ea / e_rms[blocks].to(ea.dtype).view(1, -1, 1)
+    tables[f"{arch}/edge_val"] = ev / e_rms[blocks].to(ev.dtype).unsqueeze(0)
     tables[f"{arch}/x"] = x / x_rms[depth].to(x.dtype).unsqueeze(0)
     return {"edge_blocks": e_rms.float(), "node_columns": x_rms.float()}
 
@@ -103,6 +108,46 @@ def convert_zoo(zoo: Zoo, cache_dir: str | Path, progress: bool = True) -> Path:
     return path
 
 
+def canonical_tables(template: ParameterGraph, tables: dict[str, Tensor], arch: str, chunk: int = 256,
+                     progress: bool = True) -> dict[str, Tensor]:
+    """The tables of ``arch`` with every checkpoint replaced by its canonical form
+    (:func:`qegraph.canonicalize`, all graphs of a chunk at once)."""
+    x, ev = tables[f"{arch}/x"], tables[f"{arch}/edge_val"]
+    emb = tables.get(f"{arch}/emb_attr")
+    out = {f"{arch}/x": x.clone(), f"{arch}/edge_val": ev.clone()}
+    if emb is not None:
+        out[f"{arch}/emb_attr"] = emb.clone()
+    for i in tqdm(range(0, x.size(0), chunk), desc=f"canonical {arch}", unit="chunk", disable=not progress):
+        graphs = []
+        for j in range(i, min(i + chunk, x.size(0))):
+            g = template.with_features(x=x[j], edge_val=ev[j])
+            if emb is not None:
+                g.emb_attr = emb[j]
+            graphs.append(g)
+        c, _ = canonicalize(Batch.from_data_list(graphs))
+        k = len(graphs)
+        out[f"{arch}/x"][i : i + k] = c.x.view(k, *x.shape[1:])
+        out[f"{arch}/edge_val"][i : i + k] = c.edge_val.view(k, -1)
+        if emb is not None:
+            out[f"{arch}/emb_attr"][i : i + k] = c.emb_attr.view(k, -1)
+    return out
+
+
+def convert_zoo_canonical(zoo: Zoo, cache_dir: str | Path, progress: bool = True) -> Path:
+    """The canonical forms of every checkpoint of ``zoo`` (once; cached next to the raw graph tables)."""
+    raw = convert_zoo(zoo, cache_dir, progress)
+    path = Path(cache_dir) / f"canonical-v{CACHE_VERSION}-{_zoo_fingerprint(zoo)}.safetensors"
+    if path.is_file():
+        return path
+    tables = load_file(raw)
+    out = dict(tables)
+    for arch in sorted({k.split("/")[0] for k in tables}):
+        template = to_graph(zoo.template(arch), arch=zoo.architectures[arch])
+        out.update(canonical_tables(template, tables, arch, progress=progress))
+    atomic_write(path, lambda tmp: save_file(out, tmp))
+    return path
+
+
 class ZooGraphDataset(Dataset):
     """Graphs of selected checkpoints: ``templates[arch].with_features(...)`` plus ``y`` and ``zoo_id``."""
 
@@ -115,8 +160,10 @@ class ZooGraphDataset(Dataset):
 
     def __getitem__(self, i: int) -> ParameterGraph:
         arch, j, ckpt_id = self.items[i]
-        g = self.templates[arch].with_features(x=self.tables[f"{arch}/x"][j], edge_attr=self.tables[f"{arch}/edge_attr"][j])
+        g = self.templates[arch].with_features(x=self.tables[f"{arch}/x"][j], edge_val=self.tables[f"{arch}/edge_val"][j])
         g.aux_int = self.tables[f"{arch}/aux_int"][j]
+        if f"{arch}/emb_attr" in self.tables:
+            g.emb_attr = self.tables[f"{arch}/emb_attr"][j]
         g.y = self.targets[i : i + 1]
         g.zoo_id = torch.tensor([ckpt_id])
         return g
@@ -148,6 +195,12 @@ class ZooDataModule(L.LightningDataModule):
             invariant. It matters when the networks of a zoo are close to each other, e.g. INRs
             fitted from one shared initialisation, whose weight tensors differ in scale by 30×
             between layers.
+        canonical: serve the canonical form of every checkpoint (:func:`qegraph.canonicalize`,
+            computed once and cached); augmentation then draws only from the residual group, the rest
+            of the group being a no-op on the section. Normalization constants are those of the
+            canonical weights.
+        train_runs: keep only this many training runs (the first ones of the seeded split), e.g. for
+            small-data experiments; validation and test splits are unchanged.
     """
 
     def __init__(
@@ -165,6 +218,8 @@ class ZooDataModule(L.LightningDataModule):
         num_workers: int = 0,
         generate: dict[str, Any] | None = None,
         normalize: bool = False,
+        canonical: bool = False,
+        train_runs: int | None = None,
     ) -> None:
         super().__init__()
         if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
@@ -177,6 +232,10 @@ class ZooDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir or str(Path(zoo_dir) / ".graph-cache")
         self.generate = generate
         self.normalize = normalize
+        self.canonical = canonical
+        if train_runs is not None and train_runs < 1:
+            raise QegraphError(f"train_runs must be a positive number of runs, got {train_runs}")
+        self.train_runs = train_runs
         self.scales: dict[str, dict[str, Tensor]] = {}
         self.splits: dict[str, ZooGraphDataset] = {}
 
@@ -191,7 +250,7 @@ class ZooDataModule(L.LightningDataModule):
                 raise QegraphError("data.generate needs a 'kind' (cnn, mlp, inr, transformer)")
             print(f"zoo {self.zoo_dir} is absent: generating it ({kind}, {opts})")
             generate_zoo(kind, self.zoo_dir, **opts)
-        convert_zoo(Zoo(self.zoo_dir), self.cache_dir)
+        (convert_zoo_canonical if self.canonical else convert_zoo)(Zoo(self.zoo_dir), self.cache_dir)
 
     def _target_column(self, row: dict[str, Any]) -> str:
         for col in (self.target, f"config.{self.target}"):
@@ -205,7 +264,7 @@ class ZooDataModule(L.LightningDataModule):
         if self.splits:
             return
         zoo = Zoo(self.zoo_dir)
-        path = convert_zoo(zoo, self.cache_dir)
+        path = (convert_zoo_canonical if self.canonical else convert_zoo)(zoo, self.cache_dir)
         try:
             tables = load_file(path)
         except (SafetensorError, OSError) as e:
@@ -223,12 +282,9 @@ class ZooDataModule(L.LightningDataModule):
         targets = torch.tensor(values, dtype=torch.long if integer else torch.float32)
         archs = sorted({r["arch"] for r in rows})
         templates = {a: to_graph(zoo.template(a), arch=zoo.architectures[a]) for a in archs}
-        slots = max(g.num_slots for g in templates.values())
-        for a in archs:
-            templates[a] = templates[a].pad_slots(slots)
-            ea = tables[f"{a}/edge_attr"]
-            if ea.size(-1) < slots:
-                tables[f"{a}/edge_attr"] = torch.cat([ea, ea.new_zeros(*ea.shape[:-1], slots - ea.size(-1))], -1)
+        if self.canonical:  # the structure and residual group of the section (every checkpoint's own
+            # canonical values come from the cache)
+            templates = {a: _canonical_template(t) for a, t in templates.items()}
         position = {a: {int(i): j for j, i in enumerate(tables[f"{a}/ids"].tolist())} for a in archs}
         runs = sorted({r["run"] for r in rows})
         order = np.random.default_rng(self.seed).permutation(len(runs))
@@ -236,6 +292,10 @@ class ZooDataModule(L.LightningDataModule):
         split_of = {}
         for rank, i in enumerate(order):
             split_of[runs[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+        if self.train_runs is not None:
+            train = [runs[i] for i in order if split_of[runs[i]] == "train"]
+            for run in train[self.train_runs:]:
+                split_of[run] = "unused"
         if self.normalize:
             for a in archs:
                 train = [position[a][int(r["id"])] for r in rows if r["arch"] == a and split_of[r["run"]] == "train"]
@@ -244,6 +304,16 @@ class ZooDataModule(L.LightningDataModule):
             sel = [i for i, r in enumerate(rows) if split_of[r["run"]] == name]
             items = [(rows[i]["arch"], position[rows[i]["arch"]][int(rows[i]["id"])], int(rows[i]["id"])) for i in sel]
             self.splits[name] = ZooGraphDataset(templates, tables, items, targets[sel])
+
+    def reference_graphs(self) -> list[ParameterGraph]:
+        """The first training graph of each architecture (in split order): the networks a model that
+        aligns its inputs (``QuasiGMN(align=True)``) uses as references."""
+        seen: dict[str, ParameterGraph] = {}
+        ds = self.splits["train"]
+        for i, (arch, _, _) in enumerate(ds.items):
+            if arch not in seen:
+                seen[arch] = ds[i]
+        return list(seen.values())
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         sampler = EpochShuffleSampler(len(self.splits[split]), self.seed) if shuffle else None
@@ -278,6 +348,13 @@ class ZooDataModule(L.LightningDataModule):
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + trainer.global_step * 7 + trainer.global_rank)
             return augment(batch, self.augment_k, gen)
         return batch
+
+
+def _canonical_template(template: ParameterGraph) -> ParameterGraph:
+    """A template carrying the section's metadata (residual kinds, ``sym_cont``, the ``canonical`` flag)."""
+    c, _ = canonicalize(template)
+    c.meta["canonical"] = {"version": 1, "source": "ZooDataModule(canonical=True)"}  # no per-network statistics
+    return c
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):

@@ -1,4 +1,10 @@
-"""``generate_zoo``: train a zoo chunk by chunk into a folder, resumably (see :mod:`qegraph.data.store`)."""
+"""``generate_zoo``: train a zoo chunk by chunk into a folder, resumably (see :mod:`qegraph.data.store`).
+
+On a CPU, chunks are trained one at a time (single-threaded), in ``workers`` processes. On a GPU,
+several consecutive chunks (up to ``models_at_once`` runs) are trained together in one vectorized
+call in this process; each chunk keeps its own generators, so the zoo is the one the CPU generates
+for the same arguments, up to floating-point rounding.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from tqdm.auto import tqdm
 
 from qegraph.data.family import ZooFamily
 from qegraph.data.store import ZooWriter
-from qegraph.data.train import TrainedCheckpoint
+from qegraph.data.train import TrainedCheckpoint, resolve_device
 from qegraph.data.zoo_cnn import CNNFamily
 from qegraph.data.zoo_inr import INRFamily
 from qegraph.data.zoo_mlp import MLPFamily
@@ -26,6 +32,8 @@ from qegraph.errors import QegraphError
 FAMILIES: dict[str, type[ZooFamily]] = {
     "cnn": CNNFamily, "mlp": MLPFamily, "inr": INRFamily, "transformer": TransformerFamily,
 }
+#: runs trained at once on a GPU unless ``models_at_once`` says otherwise
+GPU_MODELS_AT_ONCE = 2000
 
 
 @contextmanager
@@ -55,6 +63,8 @@ def generate_zoo(
     on_chunk: Callable[[int], None] | None = None,
     workers: int = 1,
     options: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    models_at_once: int | None = None,
 ) -> Path:
     """Train ``num_models`` runs of zoo ``kind`` (``cnn``, ``mlp``, ``inr``, ``transformer``) into ``out``.
 
@@ -64,6 +74,12 @@ def generate_zoo(
     processes; each chunk is one shard, written in order. Re-running with the same arguments after an
     interruption skips the finished chunks. ``on_chunk(k)`` is called after chunk ``k`` is on disk.
     ``options`` are family-specific keyword arguments (e.g. ``{"init": "independent"}`` for ``inr``).
+
+    ``device``: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available). Random
+    numbers are drawn on the CPU in every case, so the device changes only floating-point rounding.
+    ``models_at_once``: how many runs to train in one vectorized call (whole consecutive chunks, at
+    least one); default one chunk on the CPU, :data:`GPU_MODELS_AT_ONCE` on other devices. Neither is
+    part of the zoo's identity (a zoo may be resumed on another device). ``workers`` > 1 needs the CPU.
     """
     if kind not in FAMILIES:
         raise QegraphError(f"unknown zoo kind {kind!r}; choose from {', '.join(FAMILIES)}")
@@ -78,6 +94,15 @@ def generate_zoo(
     chunk = int(chunk_size or family.chunk_size)
     if chunk < 1 or workers < 1:
         raise QegraphError(f"chunk size and workers must be positive, got {chunk} and {workers}")
+    dev = resolve_device(device)
+    if dev.type != "cpu" and workers > 1:
+        raise QegraphError(f"--workers {workers} runs CPU processes; on device {dev} chunks are trained in "
+                           "this process, many at once (--models-at-once): use --workers 1")
+    if models_at_once is not None and (models_at_once < 1 or workers > 1):
+        raise QegraphError(f"--models-at-once must be positive and needs --workers 1, got {models_at_once} "
+                           f"with {workers} workers")
+    at_once = models_at_once or (chunk if dev.type == "cpu" else GPU_MODELS_AT_ONCE)
+    per_call = max(1, at_once // chunk)  # whole chunks per vectorized call
     configs = [family.sample_config(seed, r) for r in range(num_models)]
     archs = dict(family.arch(c) for c in configs)
     spec = {
@@ -99,10 +124,16 @@ def generate_zoo(
               disable=not progress, smoothing=0, bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]") as bar:
         if workers == 1 or len(todo) == 1:
             with _torch_threads(1):
-                for k in todo:
-                    writer.write_chunk(k, family.train_chunk(chunk_runs[k], seed, k, bar.update))
-                    if on_chunk is not None:
-                        on_chunk(k)
+                for i in range(0, len(todo), per_call):
+                    ks = todo[i : i + per_call]
+                    if len(ks) == 1 and dev.type == "cpu":
+                        results = [family.train_chunk(chunk_runs[ks[0]], seed, ks[0], bar.update)]
+                    else:
+                        results = family.train_chunks([(k, chunk_runs[k]) for k in ks], seed, bar.update, dev)
+                    for k, checkpoints in zip(ks, results):
+                        writer.write_chunk(k, checkpoints)
+                        if on_chunk is not None:
+                            on_chunk(k)
         else:
             ctx = mp.get_context("spawn")
             with ctx.Manager() as manager, ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:

@@ -7,6 +7,13 @@ through ``torch.func.vmap`` over ``torch.func.functional_call``. :class:`Stacked
 implements SGD, Adam and RMSProp on the stacked tensors with per-model optimizer, learning rate and
 L2 strength. A model whose update would make a parameter non-finite is frozen at its last finite
 value (recorded as ``diverged``), so every stored checkpoint converts to a graph.
+
+Devices: training runs on ``device`` (CPU or a GPU), but every random number (initialisations, data
+subsets, minibatches, dropout masks) is drawn on the CPU from seeded generators and copied to the
+device, so a zoo's randomness is the same on every device: a GPU zoo equals the CPU zoo of the same
+seed up to floating-point rounding (cuDNN's TF32 convolutions, if enabled, included). Per-step draws
+reach a GPU through pinned memory without waiting for it, so drawing the next minibatch overlaps the
+device's work; the loop synchronises only at checkpoints (one copy of all parameters and metrics).
 """
 
 from __future__ import annotations
@@ -22,14 +29,41 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from qegraph.errors import QegraphError
+
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 WEIGHT_INITS = ("glorot_normal", "glorot_uniform", "he_normal", "orthogonal", "random_normal", "truncated_normal")
 
 
 def seeded_generator(*keys: int) -> torch.Generator:
-    """A torch generator seeded from integer keys (stable across runs and platforms)."""
+    """A CPU torch generator seeded from integer keys (stable across runs, platforms and devices)."""
     seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
     return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"cpu"`` → CPU; ``"auto"`` → the current CUDA device if one is available, else CPU; any
+    other torch device string as given, after checking that the device exists."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise QegraphError(f"unknown device {device!r} ({e}); use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise QegraphError(f"device {device!r} requested but torch.cuda.is_available() is False "
+                           f"(torch {torch.__version__}); use --device cpu or a CUDA build of PyTorch")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise QegraphError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return dev
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A freshly drawn CPU tensor on ``device``; to a CUDA device asynchronously, through pinned memory
+    (the caching host allocator keeps the pinned block until the copy is done)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 class StackedOptimizer:
@@ -44,23 +78,24 @@ class StackedOptimizer:
 
     def __init__(self, flat: Tensor, decay_mask: Tensor, kinds: Sequence[str], lr: Sequence[float],
                  l2: Sequence[float], eps: float = 1e-7) -> None:
-        kind = torch.tensor([OPTIMIZERS.index(k) for k in kinds])
+        dev, dtype = flat.device, flat.dtype
+        kind = torch.tensor([OPTIMIZERS.index(k) for k in kinds], device=dev)
         self.adam = (kind == OPTIMIZERS.index("adam")).unsqueeze(1)
         self.sgd = (kind == OPTIMIZERS.index("sgd")).unsqueeze(1)
         rms = (kind == OPTIMIZERS.index("rmsprop")).unsqueeze(1)
-        dtype = flat.dtype
         self.b1 = torch.where(self.adam, 0.9, 0.0).to(dtype)
         self.b2 = torch.where(self.adam, 0.999, torch.where(rms, 0.9, 0.0)).to(dtype)
-        self.lr = torch.as_tensor(lr, dtype=dtype).unsqueeze(1)
-        self.l2x2 = 2 * torch.as_tensor(l2, dtype=dtype).unsqueeze(1) * decay_mask.to(dtype)
+        self.lr = torch.as_tensor(lr, dtype=dtype, device=dev).unsqueeze(1)
+        self.l2x2 = 2 * torch.as_tensor(l2, dtype=dtype, device=dev).unsqueeze(1) * decay_mask.to(dev, dtype)
         self.eps = torch.where(self.sgd, 1.0, eps).to(dtype)
         self.m, self.v = torch.zeros_like(flat), torch.zeros_like(flat)
         self.t = 0
-        self.active = torch.ones(len(kinds), dtype=torch.bool)
+        self.active = torch.ones(len(kinds), dtype=torch.bool, device=dev)
 
     @torch.no_grad()
     def step(self, flat: Tensor, grad: Tensor) -> None:
-        """Update ``flat`` in place; a model whose update is non-finite is frozen from then on."""
+        """Update ``flat`` in place; a model whose update is non-finite is frozen from then on (decided
+        on the device: no host synchronisation)."""
         self.t += 1
         g = torch.addcmul(grad, self.l2x2, flat)
         self.m.lerp_(g, 1 - self.b1)
@@ -70,10 +105,7 @@ class StackedOptimizer:
         denom = (self.v * inv_bc2).sqrt_().add_(self.eps)
         cand = flat - (self.m * (self.lr / bc1)).div_(denom)
         self.active &= torch.isfinite(cand.sum(1))  # a non-finite entry makes the row sum non-finite
-        if bool(self.active.all()):
-            flat.copy_(cand)
-        else:
-            flat.copy_(torch.where(self.active.unsqueeze(1), cand, flat))
+        flat.copy_(torch.where(self.active.unsqueeze(1), cand, flat))
 
 
 def flatten_stacked(params: dict[str, Tensor]) -> tuple[Tensor, Callable[[Tensor], dict[str, Tensor]]]:
@@ -215,7 +247,7 @@ def _evaluate(model: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor,
               member: Tensor | None, chunk: int = 512) -> tuple[Tensor, Tensor]:
     """Per-model accuracy and mean cross-entropy on ``x`` (restricted to ``member[m]`` rows if given)."""
     correct, losses = [], []
-    ones = torch.ones(feat_dim)
+    ones = torch.ones(feat_dim, device=x.device)
     for s in range(0, x.size(0), chunk):
         logits = stacked_forward(model, params, x[s : s + chunk], ones, shared_x=True)  # [M, n, C]
         ys = y[s : s + chunk]
@@ -228,59 +260,80 @@ def _evaluate(model: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor,
     return (acc * w).sum(1) / w.sum(1), (loss * w).sum(1) / w.sum(1)
 
 
+RunGroup = tuple[Sequence[tuple[int, dict[str, Any]]], torch.Generator]
+
+
 def train_classifiers(
     model: nn.Module,
     arch_key: str,
-    runs: Sequence[tuple[int, dict[str, Any]]],
+    groups: Sequence[RunGroup],
     data: ClassificationData,
     checkpoint_steps: Sequence[int],
-    gen: torch.Generator,
     batch_size: int = 32,
     progress: Callable[[float], None] = lambda n: None,
+    device: str | torch.device | None = None,
 ) -> list[TrainedCheckpoint]:
-    """Train ``len(runs)`` copies of ``model`` (one architecture) at once; return all checkpoints.
+    """Train copies of ``model`` (one architecture) at once on ``device``; return all checkpoints.
 
-    Each run's config gives ``optimizer``, ``learning_rate``, ``l2reg``, ``w_init`` (+ ``init_std``),
-    ``train_fraction`` (the run trains on its own random subset of that size) and optionally
-    ``dropout`` (on the input of the last ``nn.Linear``). Checkpoints are taken before the listed
-    optimizer steps (step 0 = initialisation), with train metrics measured on the run's own training
-    subset. ``progress(n)`` is called after every step with the number of models' worth of training done.
+    ``groups``: ``(runs, generator)`` pairs; each group's random numbers (initialisation, training
+    subset, minibatches, dropout masks) come from its own generator in the same order as if it were
+    trained alone, so training several groups in one call (e.g. several zoo chunks on a GPU) gives
+    every run the same randomness as one call per group. Each run's config gives ``optimizer``,
+    ``learning_rate``, ``l2reg``, ``w_init`` (+ ``init_std``), ``train_fraction`` (the run trains on
+    its own random subset of that size) and optionally ``dropout`` (on the input of the last
+    ``nn.Linear``). Checkpoints are taken before the listed optimizer steps (step 0 =
+    initialisation), with train metrics measured on the run's own training subset; their state_dicts
+    are CPU tensors. ``progress(n)`` is called after every step with the number of models' worth of
+    training done.
     """
+    dev = resolve_device(device)
+    runs = [r for group_runs, _ in groups for r in group_runs]
     hps = [hp for _, hp in runs]
     feat_dim = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].in_features
     n_models, n_train = len(runs), data.train_x.size(0)
-    model = model.train()
-    flat, views = flatten_stacked(init_stacked(model, hps, gen))
+    model = model.train().to(dev)
+    train_x, train_y, test_x, test_y = (t.to(dev) for t in (data.train_x, data.train_y, data.test_x, data.test_y))
+    inits = [init_stacked(model, [hp for _, hp in r], gen) for r, gen in groups]
+    flat, views = flatten_stacked({k: torch.cat([i[k] for i in inits]).to(dev) for k in inits[0]})
     flat.requires_grad_()
     decay = torch.cat([torch.full((p.numel(),), p.dim() >= 2) for p in model.parameters()])
     opt = StackedOptimizer(flat, decay, [hp["optimizer"] for hp in hps], [hp["learning_rate"] for hp in hps],
                            [hp["l2reg"] for hp in hps])
-    perm = torch.argsort(torch.rand(n_models, n_train, generator=gen), dim=1)
+    perm = torch.argsort(torch.cat([torch.rand(len(r), n_train, generator=gen) for r, gen in groups]), dim=1)
     n_sub = torch.tensor([max(batch_size, round(hp["train_fraction"] * n_train)) for hp in hps])
     member = torch.empty_like(perm).scatter_(1, perm, torch.arange(n_train).expand(n_models, -1)) < n_sub[:, None]
+    member = member.to(dev)
     keep = 1.0 - torch.tensor([float(hp.get("dropout", 0.0)) for hp in hps])
+    keep_dev = keep.to(dev)[:, None, None]
     out: list[TrainedCheckpoint] = []
     last = max(checkpoint_steps)
     for step in range(last + 1):
         if step in checkpoint_steps:
             snap = views(flat.detach())
-            tr_acc, tr_loss = _evaluate(model, snap, data.train_x, data.train_y, feat_dim, member)
-            te_acc, te_loss = _evaluate(model, snap, data.test_x, data.test_y, feat_dim, None)
+            tr_acc, tr_loss = _evaluate(model, snap, train_x, train_y, feat_dim, member)
+            te_acc, te_loss = _evaluate(model, snap, test_x, test_y, feat_dim, None)
+            host = {k: v.cpu() for k, v in snap.items()}  # one copy per checkpoint step, not per model
+            metrics = torch.stack([tr_acc, tr_loss, te_acc, te_loss]).cpu().tolist()
+            active = opt.active.cpu().tolist()
             for m, (run, hp) in enumerate(runs):
                 out.append(TrainedCheckpoint(
                     run=run, step=step, arch=arch_key,
-                    state_dict={k: v[m].clone() for k, v in snap.items()}, config=dict(hp),
-                    metrics={"train_accuracy": float(tr_acc[m]), "train_loss": float(tr_loss[m]),
-                             "test_accuracy": float(te_acc[m]), "test_loss": float(te_loss[m]),
-                             "diverged": not bool(opt.active[m])},
+                    state_dict={k: v[m].clone() for k, v in host.items()}, config=dict(hp),
+                    metrics={"train_accuracy": metrics[0][m], "train_loss": metrics[1][m],
+                             "test_accuracy": metrics[2][m], "test_loss": metrics[3][m],
+                             "diverged": not active[m]},
                 ))
         if step == last:
             break
-        pick = (torch.rand(n_models, batch_size, generator=gen) * n_sub[:, None]).long()
-        idx = perm.gather(1, pick)
-        mask = (torch.rand(n_models, batch_size, feat_dim, generator=gen) < keep[:, None, None]) / keep[:, None, None]
-        logits = stacked_forward(model, views(flat), data.train_x[idx], mask, shared_x=False)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), data.train_y[idx].reshape(-1), reduction="none")
+        # drawn on the CPU, group by group (each generator: minibatch, then dropout mask), then copied
+        pick, unif = [], []
+        for r, gen in groups:
+            pick.append(torch.rand(len(r), batch_size, generator=gen))
+            unif.append(torch.rand(len(r), batch_size, feat_dim, generator=gen))
+        idx = to_device(perm.gather(1, (torch.cat(pick) * n_sub[:, None]).long()), dev)
+        mask = to_device(torch.cat(unif) < keep[:, None, None], dev) / keep_dev  # keep-mask copied as bool
+        logits = stacked_forward(model, views(flat), train_x[idx], mask, shared_x=False)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), train_y[idx].reshape(-1), reduction="none")
         (grad,) = torch.autograd.grad(loss.view(n_models, batch_size).mean(1).sum(), flat)
         opt.step(flat, grad)
         progress(n_models / last)

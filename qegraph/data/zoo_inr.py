@@ -28,9 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from qegraph.data.digits import load_digits_data, pixel_grid, preprocessing_record
-from qegraph.data.family import Progress, ZooFamily
+from qegraph.data.family import Device, Progress, Runs, ZooFamily
 from qegraph.data.train import (
-    DropoutBeforeHead, StackedOptimizer, TrainedCheckpoint, flatten_stacked, seeded_generator, stacked_forward,
+    DropoutBeforeHead, StackedOptimizer, TrainedCheckpoint, flatten_stacked, resolve_device, seeded_generator,
+    stacked_forward,
 )
 from qegraph.graph.arch import module_from_arch
 
@@ -107,25 +108,30 @@ class INRFamily(ZooFamily):
     def max_runs(self) -> int:
         return int(load_digits_data().labels.numel())
 
-    def train_chunk(self, runs: Sequence[tuple[int, dict[str, Any]]], seed: int, chunk: int,
-                    progress: Progress) -> list[TrainedCheckpoint]:
+    def train_chunks(self, chunks: Sequence[tuple[int, Runs]], seed: int, progress: Progress,
+                     device: Device = None) -> list[list[TrainedCheckpoint]]:
+        """Fit the INRs of all ``chunks`` at once (full batch, Adam). Starts: one shared initialisation
+        (generator ``(seed, 2^31 − 1)``) or, per chunk k, independent ones from generator ``(seed, k)``."""
+        dev = resolve_device(device)
+        runs = [r for _, chunk_runs in chunks for r in chunk_runs]
         key, rec = self.arch(runs[0][1])
         template = module_from_arch(rec)
         n = len(runs)
-        coords = pixel_grid(8)
+        coords = pixel_grid(8).to(dev)
         images = load_digits_data().images.squeeze(1).reshape(-1, 64)
-        target = 2 * images[torch.tensor([cfg["image_index"] for _, cfg in runs])] - 1  # [n, 64]
+        target = (2 * images[torch.tensor([cfg["image_index"] for _, cfg in runs])] - 1).to(dev)  # [n, 64]
         if self.init == "shared":
             start = siren_init(template, 1, SIREN_W0, seeded_generator(seed, _SHARED_INIT_KEY))
             init = {k: v.expand(n, *v.shape[1:]).clone() for k, v in start.items()}
         else:
-            init = siren_init(template, n, SIREN_W0, seeded_generator(seed, chunk))
-        flat, views = flatten_stacked(init)
+            parts = [siren_init(template, len(r), SIREN_W0, seeded_generator(seed, k)) for k, r in chunks]
+            init = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        flat, views = flatten_stacked({k: v.to(dev) for k, v in init.items()})
         flat.requires_grad_()
         opt = StackedOptimizer(flat, torch.zeros(flat.size(1), dtype=torch.bool), ["adam"] * n,
                                [self.learning_rate] * n, [0.0] * n)
 
-        model, ones = DropoutBeforeHead(template), torch.ones(SIREN_HIDDEN)
+        model, ones = DropoutBeforeHead(template).to(dev), torch.ones(SIREN_HIDDEN, device=dev)
 
         def predict(buf: Tensor) -> Tensor:
             return stacked_forward(model, views(buf), coords, ones, shared_x=True).squeeze(-1)
@@ -137,10 +143,13 @@ class INRFamily(ZooFamily):
             progress(n / self.fit_steps)
         with torch.no_grad():
             mse = ((predict(flat) - target) ** 2).mean(1)
-        params = views(flat.detach())
-        return [
+        params = {k: v.cpu() for k, v in views(flat.detach()).items()}
+        mse_host = mse.cpu()
+        out = [
             TrainedCheckpoint(run=run, step=self.fit_steps, arch=key,
                               state_dict={k: v[m].clone() for k, v in params.items()}, config=dict(cfg),
-                              metrics={"psnr": float(10 * torch.log10(4.0 / mse[m])), "mse": float(mse[m])})
+                              metrics={"psnr": float(10 * torch.log10(4.0 / mse_host[m])), "mse": float(mse_host[m])})
             for m, (run, cfg) in enumerate(runs)
         ]
+        sizes = [len(r) for _, r in chunks]
+        return [out[a : a + s] for a, s in zip(np.cumsum([0, *sizes[:-1]]).tolist(), sizes)]

@@ -105,6 +105,9 @@ class GraphExtras:
             g = int(graph.sym_group[b.layers[h.layers[0]].start])
             if int(graph.sym_kind[g]) == int(SymKind.FIXED):
                 raise QegraphError(f"{source}: attention heads of {b.layers[h.layers[0]].name!r} are tied to fixed units")
+            if int(graph.sym_blocks[g]) != 1 or bool((graph.sym_couple == g).sum() > 1) or int(graph.sym_couple[g]) != g:
+                raise QegraphError(f"{source}: attention heads of {b.layers[h.layers[0]].name!r} are tied to the "
+                                   "channels of a grouped convolution (not supported)")
             graph.sym_kind[g] = int(SymKind.HEADS)
             graph.sym_size[g] = h.num_heads
             for layer, r in zip(h.layers, (GLRole.QUERY, GLRole.KEY, GLRole.VALUE)):

@@ -32,12 +32,20 @@ def summarize(g: ParameterGraph) -> str:
     lines = [
         f"parameters : {n_params:,} in {len(g.meta['params'])} tensors (graph dtype {str(g.x.dtype).replace('torch.', '')})",
         f"nodes      : {g.num_nodes:,} (" + ", ".join(f"{k} {v:,}" for k, v in sorted(nodes.items())) + ")",
-        f"edges      : {g.edge_index.size(1):,} (" + ", ".join(f"{k} {v:,}" for k, v in sorted(edges.items())) + f"), {g.num_slots} slot(s) per edge",
+        f"edges      : {g.num_edges:,} (" + ", ".join(f"{k} {v:,}" for k, v in sorted(edges.items()))
+        + f"), {g.edge_val.numel():,} edge values (1 to {g.num_slots} per edge)",
         f"memory     : {graph_nbytes(g) / 2**20:.2f} MiB in memory",
         "symmetry per unit layer:",
     ]
     width = max([len(u["name"]) for u in g.units] + [5])
+    blocks = getattr(g, "sym_blocks", None)
+    couple = getattr(g, "sym_couple", None)
     for u in g.units:
-        kind = _enum_name(SymKind, int(g.sym_kind[u["group"]]))
-        lines.append(f"  {u['name']:<{width}}  {u['n']:>6} {u['type']:<8} group {u['group']:>3}: {kind}")
+        j = u["group"]
+        kind = _enum_name(SymKind, int(g.sym_kind[j]))
+        if blocks is not None and int(blocks[j]) == 0:
+            kind += " (no permutation: conflicting grouped-conv structures)"
+        elif blocks is not None and int(blocks[j]) > 1:
+            kind += f", permutations in {int(blocks[j])} blocks (class of group {int(couple[j])})"
+        lines.append(f"  {u['name']:<{width}}  {u['n']:>6} {u['type']:<8} group {j:>3}: {kind}")
     return "\n".join(lines)

@@ -42,6 +42,12 @@ class SymKind(IntEnum):
     NONZERO = 4  # permutations × nonzero scalings λ ≠ 0
     HEADS = 5  # attention heads: head permutation × per head A ∈ GL(d_k) on Q, A^{-T} on K, B ∈ GL(d_v)
     #            on V, B^{-1} on O's columns; members are heads (see docs/transformers.md)
+    HEAD_SIGNS = 6  # attention heads in canonical form (the residual group left by the section): head
+    #                 permutation × per head A = diag(s_q), B = diag(s_v), s ∈ {±1}^d (A^{-T} = A on K)
+
+
+#: Kinds whose members are attention heads (per-head matrices act on the head's coordinates).
+HEAD_KINDS: frozenset[int] = frozenset({int(SymKind.HEADS), int(SymKind.HEAD_SIGNS)})
 
 
 class GLRole(IntEnum):

@@ -1,15 +1,21 @@
 """Baselines that read the same ParameterGraph batches as the graph metanetworks.
 
 * :class:`FlatMLP`: an MLP on the flattened parameters of one fixed architecture, y = MLP(vec θ). vec θ
-  holds every valid slot of ``edge_attr`` and ``x`` (and embedding tables), a fixed reordering of
-  ``torch.cat`` of the state_dict values, taken from the batch's tensors with one boolean index.
+  holds the edge values ``edge_val``, every valid column of ``x`` (and embedding tables), a fixed
+  reordering of ``torch.cat`` of the state_dict values, taken from the batch's tensors with one
+  reshape and one boolean index.
 * :class:`StatNN` (Unterthiner et al., 2020): y = MLP([stats(W_1), …, stats(b_1), …]) with
   stats = (mean, variance, min, q25, median, q75, max) of every weight tensor (edge block) and of every
   node-parameter column (bias, norm γ, β, running stats) of every layer. With ``standardize=True``
   (default) the statistics pass a ``BatchNorm1d(affine=False)`` first: statistics of one zoo differ
   between networks by 0.1–10 % of their common value, far below what the MLP resolves at its initial scale.
 
-Neither is invariant to the networks' symmetries; they are the non-equivariant references.
+Neither is invariant to the networks' symmetries; they are the non-equivariant references — except
+``StatNN(canonical=True)``, which reads the canonical form θ̂ (:func:`qegraph.canonicalize`) and takes
+|w| of values that flip with a residual sign (tanh/sin units, head coordinate pairs; see
+:mod:`qegraph.nn.section`): per-tensor statistics of θ̂ are then invariant to the whole group of the raw
+network (the section removes scalings and GL gauges, statistics are permutation invariant, |·| removes
+the signs) — the strongest simple invariant baseline.
 """
 
 from __future__ import annotations
@@ -57,15 +63,15 @@ class FlatMLP(nn.Module):
 
     @staticmethod
     def flatten(graph: ParameterGraph) -> Tensor:
-        """``[num_graphs, P]``: every valid parameter slot of every graph (same order for each graph)."""
+        """``[num_graphs, P]``: every parameter of every graph (same order for each graph)."""
         g, batch = _num_graphs(graph)
         n = _per_graph(torch.bincount(batch, minlength=g), "nodes", "FlatMLP")
-        e = _per_graph(torch.bincount(batch[graph.edge_index[0]], minlength=g), "edges", "FlatMLP")
-        emask = graph.edge_mask.reshape(g, -1)
+        nblk = _per_graph(torch.bincount(batch[graph.eblock_dst], minlength=g), "weight tensors", "FlatMLP")
         xmask = graph.x_mask.reshape(g, -1)
-        if bool((emask != emask[:1]).any()) or bool((xmask != xmask[:1]).any()):
-            raise QegraphError("FlatMLP needs one fixed architecture: the graphs' parameter masks differ")
-        parts = [graph.edge_attr.reshape(g, e * graph.num_slots)[:, emask[0]], graph.x.reshape(g, n * len(NODE_SLOTS))[:, xmask[0]]]
+        layout = torch.stack([graph.eblock_size, graph.eblock_width]).reshape(2, g, nblk)
+        if bool((layout != layout[:, :1]).any()) or bool((xmask != xmask[:1]).any()):
+            raise QegraphError("FlatMLP needs one fixed architecture: the graphs' parameter layouts differ")
+        parts = [graph.edge_val.reshape(g, -1), graph.x.reshape(g, n * len(NODE_SLOTS))[:, xmask[0]]]
         emb = getattr(graph, "emb_attr", None)
         if emb is not None and emb.numel():
             parts.append(emb.reshape(g, -1))
@@ -80,12 +86,14 @@ class FlatMLP(nn.Module):
 
 class StatNN(nn.Module):
     """Per-layer weight statistics → MLP (Unterthiner et al.). ``in_dim=None``: inferred at the first call.
-    ``standardize``: z-score every statistic with batch (training) / running (eval) moments first."""
+    ``standardize``: z-score every statistic with batch (training) / running (eval) moments first.
+    ``canonical``: statistics of the canonical form, exactly invariant (module docstring)."""
 
     def __init__(self, *, out_dim: int = 1, hidden_dim: int = 256, num_layers: int = 2, in_dim: int | None = None,
-                 standardize: bool = True) -> None:
+                 standardize: bool = True, canonical: bool = False) -> None:
         super().__init__()
         self.in_dim = in_dim
+        self.canonical = canonical
         norm: nn.Module
         if not standardize:
             norm = nn.Identity()
@@ -109,9 +117,8 @@ class StatNN(nn.Module):
         nblk = graph.eblock_size.numel()
         blk_graph = batch[graph.eblock_dst]
         per_blk = _per_graph(torch.bincount(blk_graph, minlength=g), "weight tensors", "StatNN")
-        blk = torch.repeat_interleave(torch.arange(nblk, device=dev), graph.eblock_size)
-        mask = graph.edge_mask
-        w_stats = cls._stats(graph.edge_attr[mask], blk.unsqueeze(1).expand_as(mask)[mask], nblk)
+        blk = torch.repeat_interleave(torch.arange(nblk, device=dev), graph.eblock_size * graph.eblock_width)
+        w_stats = cls._stats(graph.edge_val, blk, nblk)
         depth = graph.layer
         key = batch * (int(depth.max()) + 1) + depth
         keys, layer_seg = torch.unique(key, return_inverse=True)
@@ -123,7 +130,19 @@ class StatNN(nn.Module):
         return torch.cat([w_stats.reshape(g, per_blk * 7), n_stats.reshape(g, per_layer * s * 7)], dim=1)
 
     def forward(self, graph: ParameterGraph) -> Tensor:
-        feats = self.features(graph)
+        feats = self.features(_even_canonical(graph) if self.canonical else graph)
         if self.in_dim is not None and feats.size(1) != self.in_dim:
             raise QegraphError(f"StatNN was built for {self.in_dim} statistics, the batch gives {feats.size(1)}")
         return self.net(self.norm(feats))
+
+
+def _even_canonical(graph: ParameterGraph) -> ParameterGraph:
+    """θ̂ with |·| on the values that flip with a residual sign (so its statistics are invariant)."""
+    from qegraph.nn.section import SectionContext, canonical_input, even_view
+
+    g = canonical_input(graph)
+    ctx = SectionContext.of(g)
+    width = g.edge_width
+    edge_of = torch.repeat_interleave(torch.arange(width.numel(), device=width.device), width)
+    odd = ctx.edge_odd.squeeze(1)[edge_of].unsqueeze(1)
+    return g.with_features(x=even_view(g.x, ctx.node_odd), edge_val=even_view(g.edge_val.unsqueeze(1), odd).squeeze(1))

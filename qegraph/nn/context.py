@@ -6,7 +6,10 @@ precomputed factor), the reversed edge index (messages against edge direction), 
 every node (``ptr[sym_group] + sym_member``: nodes tied by residual additions or norms, and the d
 coordinates of a head, share one slot and hence one gauge element), and the (graph, depth)
 segments used for per-layer statistics and pooling, and the rows of each feature type (so that
-canonicalizations are computed only on the rows that need them, never for absent types).
+canonicalizations are computed only on the rows that need them, never for absent types). The
+graph stores ragged edge values and no per-edge index; ``edge_index``, the per-edge type and width,
+and the edge values padded to the batch's largest width (``edge_attr [E, S]``, zeros in invalid slots)
+are derived here once per forward pass.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class GraphContext:
     num_nodes: int
     num_graphs: int
     edge_index: Tensor  # [2, E]
+    edge_attr: Tensor  # [E, S] edge values padded to the batch's largest width S
+    edge_type: Tensor  # [E] EdgeType
+    edge_width: Tensor  # [E] valid slots of every edge
     rev_index: Tensor  # [2, E], edge_index flipped (same edge order)
     batch: Tensor  # [N] graph of each node
     edge_batch: Tensor  # [E] graph of each edge
@@ -52,11 +58,18 @@ class GraphContext:
     node_types: frozenset[int] = frozenset(int(t) for t in FeatureType)  # FeatureTypes occurring in node_ftype
     edge_types: frozenset[int] = frozenset(int(t) for t in FeatureType)  # ... in edge_ftype
 
+    @property
+    def edge_mask(self) -> Tensor:
+        """``[E, S]`` True where a slot of ``edge_attr`` holds a parameter."""
+        slots = torch.arange(self.edge_attr.size(1), device=self.edge_width.device)
+        return slots.unsqueeze(0) < self.edge_width.unsqueeze(1)
+
     @classmethod
     def from_graph(cls, graph: ParameterGraph, perm_only: bool = False) -> GraphContext:
         n = int(graph.num_nodes)
         ei = graph.edge_index
         dev = ei.device
+        etype, width = graph.edge_type, graph.edge_width
         batch = getattr(graph, "batch", None)
         if batch is None:
             batch = torch.zeros(n, dtype=torch.long, device=dev)
@@ -75,8 +88,7 @@ class GraphContext:
         depth = graph.layer
         key = batch * (int(depth.max()) + 1 if n else 1) + depth
         seg_keys, layer_seg = torch.unique(key, return_inverse=True)
-        etype = graph.edge_type.to(dev)
-        param_free = (graph.edge_width.to(dev) == 0) & (etype != int(EdgeType.QK_PAIR))
+        param_free = (width == 0) & (etype != int(EdgeType.QK_PAIR))
         node_rows, edge_rows = TypedRows.of(node_ftype), TypedRows.of(edge_ftype)
         return cls(
             node_types=node_rows.present,
@@ -87,6 +99,9 @@ class GraphContext:
             num_nodes=n,
             num_graphs=num_graphs,
             edge_index=ei,
+            edge_attr=graph.edge_attr,
+            edge_type=etype,
+            edge_width=width,
             rev_index=ei.flip(0),
             batch=batch,
             edge_batch=batch[ei[0]],
@@ -103,5 +118,5 @@ class GraphContext:
             layer_seg_graph=torch.div(seg_keys, int(depth.max()) + 1 if n else 1, rounding_mode="floor"),
             param_free=param_free,
             group=SymmetryGroup.of(graph),
-            gl=None if perm_only else GLStructure.from_graph(graph),
+            gl=None if perm_only else GLStructure.from_graph(graph, ei, etype),
         )

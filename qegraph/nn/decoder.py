@@ -6,7 +6,8 @@ r"""Equivariant weight-space decoder: hidden features → a ParameterGraph of th
     \qquad
     \Delta a_{uv} = \mathrm{mask}_{uv} \odot \big((e_{uv} \odot T[\tau_{uv}])\, Q_{:S}^\top\big)
 
-(m_v = ``x_mask``; "scaled types" are SCALE, NONZERO, SIGN and GL: a bias-free linear map commutes with
+(m_v = ``x_mask``; Δa is computed on the batch's padded slots and written back into the ragged edge values
+by ``with_features``; "scaled types" are SCALE, NONZERO, SIGN and GL: a bias-free linear map commutes with
 h_v ↦ λ_v h_v, so the decoded bias of a SIGN unit flips with σ_v and an edge's decoded weights flip with
 σ_v σ_u, like the input's; invalid slots and parameter-free edges stay exactly zero.) Both are strictly
 equivariant maps from features to parameters, so decoding the output of quasi-equivariant layers gives
@@ -57,12 +58,12 @@ class WeightDecoder(nn.Module):
     ) -> ParameterGraph:
         """``gauge``: the accumulated α (scale per node, ρ per head block; ``None`` for a strict backbone)."""
         g = ctx.graph
-        num_slots = g.edge_attr.size(1)
+        num_slots = ctx.edge_attr.size(1)
         if num_slots > self.max_slots:
             raise QegraphError(f"edges have {num_slots} slots, the decoder was built for max_slots={self.max_slots}")
         inv = (ctx.node_ftype == FeatureType.INVARIANT).unsqueeze(1)
         dx = torch.where(inv, self.node_inv(h), self.node_lin(h)) * g.x_mask
-        de = ((e * self.edge_type(g.edge_type)) @ self.slots[:num_slots].T) * g.edge_mask
+        de = ((e * self.edge_type(ctx.edge_type)) @ self.slots[:num_slots].T) * ctx.edge_mask
         if not self.delta:
             out = g.with_features(x=dx, edge_attr=de)
             if gauge is not None and getattr(g, "emb_attr", None) is not None and g.emb_attr.numel():
@@ -73,7 +74,7 @@ class WeightDecoder(nn.Module):
             if mats:
                 dx, de = apply_gl_blocks(dx, de, ctx.gl, [torch.linalg.inv(m) for m in mats])
             dx, de = apply_node_scales(dx, de, 1 / scale, ctx)
-        return g.with_features(x=g.x + dx, edge_attr=g.edge_attr + de)
+        return g.with_features(x=g.x + dx, edge_attr=ctx.edge_attr + de)
 
 
 def table_nodes(g: ParameterGraph) -> Tensor:

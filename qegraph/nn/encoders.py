@@ -11,7 +11,8 @@ structural invariants (node type t_v, depth ℓ_v, position p_v of fixed units, 
     h_v = \mathrm{MLP}(x_v) + E'_t[t_v] + \mathrm{PE}'_\ell(\ell_v) + M' m_v
           + [v \text{ fixed}]\,\mathrm{PE}_p(p_v) \quad\text{(invariant types)}
 
-Edge u→v with slots a_uv ∈ R^S (kernel, flattened block; zero padded):
+Edge u→v with slots a_uv ∈ R^S (kernel, flattened block; zero padded to the batch's largest width S,
+``GraphContext.edge_attr``):
 
 .. math::
     e_{uv} = (a_{uv} P_{:S}) \odot T[\tau_{uv}]
@@ -115,14 +116,14 @@ class EdgeEncoder(nn.Module):
         nn.init.normal_(self.type_mul.weight, mean=1.0, std=0.1)
 
     def forward(self, ctx: GraphContext) -> Tensor:
-        a = ctx.graph.edge_attr
+        a = ctx.edge_attr
         s = a.size(1)
         if s > self.max_slots:
             raise QegraphError(
                 f"edges have {s} slots (largest kernel / flattened block), the encoder was built for "
                 f"max_slots={self.max_slots}: construct the model with max_slots >= {s}"
             )
-        et = ctx.graph.edge_type
+        et = ctx.edge_type
         # the two additive terms in one gather from a table [0; C; T'; C + T'] (row by type and the flags)
         t = NUM_EDGE_TYPES
         zero = torch.zeros_like(self.free.weight)

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from qegraph.errors import QegraphError
 from qegraph.graph.parameter_graph import ParameterGraph
-from qegraph.graph.types import EdgeType, GLRole, SymKind
+from qegraph.graph.types import HEAD_KINDS, EdgeType, GLRole
 from qegraph.nn.ops import gather_rows, replace_rows, scatter_sum
 
 
@@ -72,12 +72,14 @@ class GLStructure:
     edge_src: Tensor  # [m] their row among [all in rows; all out rows] (Σ R1 + Σ R2: none, invariant 0)
 
     @classmethod
-    def from_graph(cls, graph: ParameterGraph) -> GLStructure | None:
+    def from_graph(cls, graph: ParameterGraph, edge_index: Tensor | None = None,
+                   edge_type: Tensor | None = None) -> GLStructure | None:
+        """``edge_index``, ``edge_type``: the graph's, when already computed (they are derived)."""
         role = getattr(graph, "gl_role", None)
         if role is None or not bool((role > 0).any()):
             return None
         coord = graph.gl_coord
-        ei = graph.edge_index
+        ei = graph.edge_index if edge_index is None else edge_index
         dev = ei.device
         n = int(graph.num_nodes)
         gl_node = role > 0
@@ -87,18 +89,18 @@ class GLStructure:
         block_of[gl_ids] = torch.cumsum((coord[gl_ids] == 0).long(), 0) - 1
         dims = torch.bincount(block_of[gl_ids], minlength=starts.numel())
         partner = torch.full((starts.numel(),), -1, dtype=torch.long, device=dev)
-        etype = graph.edge_type
+        etype = graph.edge_type if edge_type is None else edge_type
         qk = etype == int(EdgeType.QK_PAIR)
         a, b = block_of[ei[0][qk]], block_of[ei[1][qk]]
         partner[a], partner[b] = b, a
         eid = torch.arange(ei.size(1), device=dev)
         dead = gl_node[ei[0]] & gl_node[ei[1]]
         nsrc = torch.repeat_interleave(graph.eblock_nsrc, graph.eblock_size)
-        dense = torch.repeat_interleave(graph.eblock_dense, graph.eblock_size)
+        dense = torch.repeat_interleave(graph.eblock_groups == 1, graph.eblock_size)
         into = gl_node[ei[1]] & ~dead
         outof = gl_node[ei[0]] & ~dead
         if bool(((into | outof) & ~dense).any()):
-            raise QegraphError("a non-dense edge block touches attention-head nodes; GL features need dense blocks")
+            raise QegraphError("a grouped or diagonal edge block touches attention-head nodes; GL features need dense blocks")
         in_base = into & (coord[ei[1]] == 0)
         out_base = outof & (coord[ei[0]] == 0)
         rows = []
@@ -134,13 +136,12 @@ class GLStructure:
                 in_other=torch.where(value_in, r1 + in_block,
                                      torch.where(in_partner >= 0, in_partner, torch.full_like(in_block, r1 + nb))),
             ))
-        return cls(rows, dead, **_gl_index(graph, rows))
+        return cls(rows, dead, **_gl_index(graph, rows, ei))
 
 
-def _gl_index(graph: ParameterGraph, rows: list[GLRows]) -> dict[str, Tensor]:
+def _gl_index(graph: ParameterGraph, rows: list[GLRows], ei: Tensor) -> dict[str, Tensor]:
     """The flat node / edge lists of :class:`GLStructure` (block and row members, GL-typed rows and the
     block or row each of them reads its invariant from)."""
-    ei = graph.edge_index
     dev = ei.device
     block_nodes = torch.cat([r.node_idx.flatten() for r in rows])
     in_edges = torch.cat([r.in_idx.flatten() for r in rows])
@@ -155,7 +156,7 @@ def _gl_index(graph: ParameterGraph, rows: list[GLRows]) -> dict[str, Tensor]:
     n_blocks = sum(r.node_idx.size(0) for r in rows)
     n_in = sum(r.in_idx.size(0) for r in rows)
     n_out = sum(r.out_idx.size(0) for r in rows)
-    heads = graph.sym_kind[graph.sym_group] == int(SymKind.HEADS)
+    heads = torch.isin(graph.sym_kind[graph.sym_group], torch.tensor(sorted(HEAD_KINDS), device=dev))
     node_src = torch.full((int(graph.num_nodes),), n_blocks, dtype=torch.long, device=dev)
     node_src[block_nodes] = members([r.node_idx.size(0) for r in rows], dims)
     edge_src = torch.full((ei.size(1),), n_in + n_out, dtype=torch.long, device=dev)

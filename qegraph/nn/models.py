@@ -1,16 +1,21 @@
-"""Graph metanetworks: encoder → L × [β strictly equivariant, α quasi gauge] → head (DESIGN §2, §5).
+"""Strictly equivariant metanetworks and the paper's α·β construction: encoder → L × [β, α] → head.
 
-* :class:`QuasiGMN`: quasi-equivariant layers and the invariant readout; exactly invariant to the
-  input's group. ``gauge=False`` drops α (the strict model, otherwise identical parameters).
-* :class:`StrictGMN`: ``QuasiGMN(gauge=False)``.
+* :class:`StrictGMN`: strictly G-equivariant layers β (every layer commutes with the whole group of the
+  input: permutations, scalings, signs, per-head GL) and the invariant readout; exactly invariant.
+* :class:`AlphaBetaGMN`: the construction of the Quasi-Equivariant Metanetworks paper, F = α(θ)·β(θ)
+  with a learned gauge α after every β. Exactly invariant, but **inert** for an invariant head: α
+  commutes through every later G-equivariant layer and the readout removes it, so it computes the
+  same function class as StrictGMN (``docs/nn.md``; the ε ablation in ``docs/results.md``). Kept for
+  ablations; the model of this package is :class:`qegraph.nn.QuasiGMN` (learned gauges on the
+  canonical section, :mod:`qegraph.nn.quasi`).
 * :class:`PermGMN`: every unit treated as invariant type (permutation equivariance only; the
   GMN-style baseline). It is *not* invariant to scalings or sign flips.
-* :class:`WeightSpaceGMN`: the same backbone with the equivariant weight decoder, returning a
-  ParameterGraph of the input's architecture (functionally identical outputs for functionally
-  identical inputs).
+* :class:`AlphaBetaWeightSpaceGMN`: the α·β (``gauge=True``) or strict (``gauge=False``) backbone with
+  the equivariant weight decoder, returning a ParameterGraph of the input's architecture
+  (functionally identical outputs for functionally identical inputs).
 
 All are configured by keyword arguments (Lightning CLI friendly) and take a ParameterGraph or a PyG
-batch of any mix of architectures (pad slots with ``qegraph.pad_to_common_slots`` first).
+batch of any mix of architectures.
 """
 
 from __future__ import annotations
@@ -108,8 +113,9 @@ class _InvariantGMN(nn.Module):
         return self.readout(f.h, f.e, f.ctx)
 
 
-class QuasiGMN(_InvariantGMN):
-    """Quasi-equivariant graph metanetwork with an exactly invariant head. ``gauge=False``: α off;
+class AlphaBetaGMN(_InvariantGMN):
+    """The paper's F = α·β construction with an exactly invariant head (inert for it: see the module
+    docstring). ``gauge=False``: α off;
     ``epsilon``: a fixed gauge strength ε ∈ (0, 1) instead of the learned ε ∈ (0, ``epsilon_max``);
     ``readout_norm``: standardize the invariant readout vector (see :class:`InvariantReadout`)."""
 
@@ -133,7 +139,7 @@ class QuasiGMN(_InvariantGMN):
 
 
 class StrictGMN(_InvariantGMN):
-    """The strictly equivariant model: :class:`QuasiGMN` with α off (same parameters otherwise)."""
+    """The strictly equivariant model: :class:`AlphaBetaGMN` with α off (same parameters otherwise)."""
 
     def __init__(self, *, out_dim: int = 1, hidden_dim: int = 64, num_layers: int = 4,
                  readout_hidden: int | None = None, max_slots: int = 64, readout_norm: bool = False) -> None:
@@ -152,7 +158,7 @@ class PermGMN(_InvariantGMN):
                          readout_norm=readout_norm)
 
 
-class WeightSpaceGMN(nn.Module):
+class AlphaBetaWeightSpaceGMN(nn.Module):
     """Backbone + :class:`~qegraph.nn.decoder.WeightDecoder`: ``model(batch) -> ParameterGraph`` (θ + ΔW
     with ``delta=True``, new weights otherwise)."""
 

@@ -88,6 +88,9 @@ _OF_KIND: dict[int, FeatureType] = {
     int(SymKind.SIGN): FeatureType.SIGN,
     int(SymKind.NONZERO): FeatureType.NONZERO,
     int(SymKind.HEADS): FeatureType.GL,
+    # heads in canonical form: their group (diagonal ±1 per head) is a subgroup of GL, so GL-equivariant
+    # features are equivariant to it
+    int(SymKind.HEAD_SIGNS): FeatureType.GL,
 }
 
 

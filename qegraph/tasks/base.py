@@ -20,6 +20,12 @@ class GraphTask(L.LightningModule):
     distributed sampler pads an evaluation set to a multiple of the world size by repeating
     samples, so graphs carrying a ``zoo_id`` are de-duplicated by it before scoring and the metrics
     equal a single-process run's.
+
+    Devices and precision: nothing here leaves the model's device (metrics are computed where the
+    predictions are). With a mixed-precision trainer (``precision: 16-mixed`` / ``bf16-mixed``) only
+    training steps run under autocast; validation, test and predict steps run in the parameters' own
+    precision (float32), so rank metrics are not decided by 8-bit mantissas and what is measured
+    (metrics, invariance) is float32-accurate.
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, max_lr_epochs: int | None = None) -> None:
@@ -50,8 +56,13 @@ class GraphTask(L.LightningModule):
         self.log("train/loss", loss, batch_size=int(batch.num_graphs), prog_bar=True)
         return loss
 
+    def _full_precision(self) -> torch.autocast:
+        """A context that switches the trainer's autocast (mixed precision) off."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def _eval_step(self, stage: str, batch: Any) -> None:
-        out = self(batch)
+        with self._full_precision():
+            out = self(batch)
         y = self.target(batch)
         self.log(f"{stage}/loss", self.loss(out, y), batch_size=int(batch.num_graphs), sync_dist=True)
         ids = getattr(batch, "zoo_id", None)
@@ -65,7 +76,8 @@ class GraphTask(L.LightningModule):
         self._eval_step("test", batch)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self.predict_values(self(batch))
+        with self._full_precision():
+            return self.predict_values(self(batch))
 
     def _epoch_end(self, stage: str) -> None:
         buf = self._epoch_outputs[stage]
@@ -85,6 +97,14 @@ class GraphTask(L.LightningModule):
         for name, value in self.epoch_metrics(pred, y).items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("kendall_tau", "acc"), rank_zero_only=True)
 
+    def on_fit_start(self) -> None:
+        """Models that align their inputs to reference networks (``QuasiGMN(align=True)``) get the first
+        training graph of each architecture, the same in every process of a DDP run."""
+        set_references = getattr(self.model, "set_references", None)
+        dm = self.trainer.datamodule
+        if set_references is not None and dm is not None and hasattr(dm, "reference_graphs"):
+            set_references(dm.reference_graphs())
+
     def on_validation_epoch_start(self) -> None:
         """Models with BatchNorm layers: re-estimate their moments over the training split first, with
         the training augmentation applied (:mod:`qegraph.tasks.norm_stats`), so validation and the
@@ -94,6 +114,8 @@ class GraphTask(L.LightningModule):
         dm = self.trainer.datamodule
         loader = dm.eval_train_dataloader() if hasattr(dm, "eval_train_dataloader") else dm.train_dataloader()
         augment_like_training = getattr(dm, "augment_like_training", None)
+        # a CPU generator: group elements are drawn on the CPU (the same on every device) and act on
+        # the batch where it lives
         gen = torch.Generator().manual_seed(self.current_epoch)
 
         def prepare(batch: Any) -> Any:  # the moments of what the model is trained on

@@ -19,8 +19,8 @@ The trivial baseline θ′ = θ scores :math:`\tfrac{1}{64}\lVert f_\theta(X) - 
 both are logged per epoch (``{stage}/mse``, ``{stage}/baseline_mse``) so results can be compared.
 
 ``render`` evaluates every graph of a batch differentiably: a graph's state_dict values are slices
-of the batch's ``x`` / ``edge_attr`` at the positions of ``meta["params"]`` (shifted by the graph's
-node offset ``batch.ptr`` and its cumulative edge count); graphs of one layout are gathered at once and
+of the batch's ``x`` / ``edge_val`` at the positions of ``meta["params"]`` (shifted by the graph's
+node offset ``batch.ptr`` and its first edge value); graphs of one layout are gathered at once and
 run through ``torch.func.functional_call`` of the module rebuilt once per architecture
 (``module_from_arch``), vmapped over the graphs.
 """
@@ -44,60 +44,62 @@ TRANSFORMS = ("dilate", "invert")
 
 
 def _graph_offsets(batch: Any) -> tuple[list[Any], Tensor, Tensor]:
-    """Per graph: its meta, first node and first edge in the batch tables."""
+    """Per graph: its meta, first node and first edge value in the batch tables."""
     metas = batch.meta if isinstance(batch.meta, list) else [batch.meta]
     n = len(metas)
+    dev = batch.x.device
     if n == 1 and getattr(batch, "ptr", None) is None:
-        zero = torch.zeros(1, dtype=torch.long, device=batch.x.device)
+        zero = torch.zeros(1, dtype=torch.long, device=dev)
         return metas, zero, zero
     node_start = batch.ptr[:-1]
-    edges_per_graph = torch.bincount(batch.batch[batch.edge_index[0]], minlength=n)
-    edge_start = torch.cumsum(edges_per_graph, 0) - edges_per_graph
-    return metas, node_start, edge_start
+    values = batch.eblock_size * batch.eblock_width
+    per_graph = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, batch.batch[batch.eblock_dst], values)
+    return metas, node_start, torch.cumsum(per_graph, 0) - per_graph
 
 
 class INRRenderer:
     """``renderer(batch, grid) -> [num_graphs, num_points, out]``: each graph's network on ``grid``,
-    differentiable w.r.t. ``batch.x`` and ``batch.edge_attr`` (computed in their dtype)."""
+    differentiable w.r.t. ``batch.x`` and ``batch.edge_val`` (computed in their dtype)."""
 
     def __init__(self) -> None:
         self._layouts: dict[str, tuple[nn.Module, list[tuple[str, str, list[int]]], Tensor, Tensor]] = {}
 
-    def _layout(self, meta: Any, ncols: dict[str, int]):  # noqa: ANN202
+    def _layout(self, meta: Any, ncols: int):  # noqa: ANN202
         key = json.dumps([meta["arch"], meta["params"], ncols], sort_keys=True)
         if key not in self._layouts:
             module = module_from_arch(meta["arch"])
-            local = {"x": [], "edge_attr": []}  # flat positions relative to the graph's first row
+            local: dict[str, list[Tensor]] = {"x": [], "edge_val": []}  # positions relative to the graph's first row / value
             specs = []
             for p in meta["params"]:
                 if p["table"] not in local:
                     raise QegraphError(f"WeightEditing: parameter {p['key']!r} lives in table {p['table']!r}; "
-                                       "only x / edge_attr parameters can be rendered")
-                rows = torch.arange(p["start"], p["start"] + p["rows"]).unsqueeze(1)
-                cols = torch.arange(p["col"], p["col"] + p["width"]).unsqueeze(0)
-                local[p["table"]].append((rows * ncols[p["table"]] + cols).reshape(-1))
+                                       "only x / edge_val parameters can be rendered")
+                if p["table"] == "x":
+                    local["x"].append(torch.arange(p["start"], p["start"] + p["rows"]) * ncols + p["col"])
+                else:
+                    local["edge_val"].append(torch.arange(p["start"], p["start"] + p["rows"] * p["width"]))
                 specs.append((p["key"], p["table"], list(p["shape"])))
             cat = {t: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for t, v in local.items()}
-            self._layouts[key] = (module, specs, cat["x"], cat["edge_attr"])
+            self._layouts[key] = (module, specs, cat["x"], cat["edge_val"])
         return key, self._layouts[key]
 
     def __call__(self, batch: Any, grid: Tensor) -> Tensor:
-        metas, node_start, edge_start = _graph_offsets(batch)
-        ncols = {"x": batch.x.size(1), "edge_attr": batch.edge_attr.size(1)}
+        metas, node_start, value_start = _graph_offsets(batch)
+        ncols = batch.x.size(1)
         groups: dict[str, list[int]] = {}
         for i, meta in enumerate(metas):
             groups.setdefault(self._layout(meta, ncols)[0], []).append(i)
-        flat = {"x": batch.x.reshape(-1), "edge_attr": batch.edge_attr.reshape(-1)}
+        flat = {"x": batch.x.reshape(-1), "edge_val": batch.edge_val}
         grid = grid.to(device=batch.x.device, dtype=batch.x.dtype)
         out: list[Tensor | None] = [None] * len(metas)
         for key, idx in groups.items():
             module, specs, lx, le = self._layouts[key]
             sel = torch.tensor(idx, device=batch.x.device)
             values = {
-                "x": flat["x"][node_start[sel].unsqueeze(1) * ncols["x"] + lx.to(sel.device)],
-                "edge_attr": flat["edge_attr"][edge_start[sel].unsqueeze(1) * ncols["edge_attr"] + le.to(sel.device)],
+                "x": flat["x"][node_start[sel].unsqueeze(1) * ncols + lx.to(sel.device)],
+                "edge_val": flat["edge_val"][value_start[sel].unsqueeze(1) + le.to(sel.device)],
             }
-            pos = {"x": 0, "edge_attr": 0}
+            pos = {"x": 0, "edge_val": 0}
             params = {}
             for name, table, shape in specs:
                 n = int(torch.Size(shape).numel())

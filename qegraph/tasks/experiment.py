@@ -49,36 +49,60 @@ class Experiment:
 
 
 _GMN = {"hidden_dim": 32, "num_layers": 3}
-_CNN_MODELS = {
-    "QuasiGMN": ("qegraph.nn.QuasiGMN", _GMN),
-    "StrictGMN": ("qegraph.nn.StrictGMN", _GMN),
+_BASELINES = {
     "PermGMN": ("qegraph.nn.PermGMN", _GMN),
     "FlatMLP": ("qegraph.nn.FlatMLP", {}),
     "StatNN": ("qegraph.nn.StatNN", {}),
+    "StatNN (canonical)": ("qegraph.nn.StatNN", {"canonical": True}),
 }
+#: QuasiGMN (learned gauges on the canonical section) and its ablations: the section alone, one learned
+#: input gauge, a gauge per layer (the default), the paper's α·β construction, the strict model.
+_SECTION_MODELS = {
+    "QuasiGMN": ("qegraph.nn.QuasiGMN", _GMN),
+    "QuasiGMN (input gauge)": ("qegraph.nn.QuasiGMN", {**_GMN, "gauge": "input"}),
+    "QuasiGMN (section only)": ("qegraph.nn.QuasiGMN", {**_GMN, "gauge": "none"}),
+    "AlphaBetaGMN (paper)": ("qegraph.nn.AlphaBetaGMN", _GMN),
+    "StrictGMN": ("qegraph.nn.StrictGMN", _GMN),
+}
+_CNN_MODELS = {**_SECTION_MODELS, **_BASELINES}
+_CLS = {"out_dim": 10}
 
 EXPERIMENTS: dict[str, Experiment] = {
-    "cnn_generalization": Experiment("cnn", 300, "generalization", "test_accuracy", _CNN_MODELS, "kendall_tau"),
+    # checkpoints at steps 10–200 (step 0 is untrained: chance accuracy, its rank is noise)
+    "cnn_generalization": Experiment("cnn", 300, "generalization", "test_accuracy", _CNN_MODELS, "kendall_tau",
+                                     epochs=12, data={"steps": [10, 40, 100, 200]}),
+    # the same zoo and splits, 50 training runs (200 networks: 4 checkpoints each)
+    "cnn_generalization_small": Experiment(
+        "cnn", 300, "generalization", "test_accuracy", _CNN_MODELS, "kendall_tau", epochs=30,
+        data={"train_runs": 50, "steps": [10, 40, 100, 200]}),
     "mlp_generalization": Experiment(
         "mlp", 300, "generalization", "test_accuracy",
-        {k: v for k, v in _CNN_MODELS.items() if k != "FlatMLP"}, "kendall_tau"),
+        {k: v for k, v in _CNN_MODELS.items() if k not in ("FlatMLP", "StatNN", "StatNN (canonical)")},
+        "kendall_tau"),
     "transformer_generalization": Experiment(  # mixed architectures: no FlatMLP / StatNN (fixed-size inputs)
-        "transformer", 60, "generalization", "test_accuracy",
-        {k: v for k, v in _CNN_MODELS.items() if k not in ("FlatMLP", "StatNN")}, "kendall_tau", epochs=10),
+        "transformer", 300, "generalization", "test_accuracy",
+        {k: _CNN_MODELS[k] for k in ("QuasiGMN", "StrictGMN", "PermGMN")}, "kendall_tau", epochs=10),
     # INRs fitted from one shared start differ by small deviations: weight tensors are rescaled by their
-    # training-set RMS and the graph models standardize their invariant readout (docs/zoo.md, nn.md)
+    # training-set RMS and the graph models standardize their invariant readout (docs/zoo.md, nn.md);
+    # QuasiGMN also aligns every INR to a reference INR (a section of the permutations and signs)
     "inr_classification": Experiment(
         "inr", 600, "classification", "label",
-        {k: (c, {**kw, "out_dim": 10, **({"readout_norm": True} if "GMN" in k else {})})
-         for k, (c, kw) in _CNN_MODELS.items()},
+        {"QuasiGMN (aligned)": ("qegraph.nn.QuasiGMN", {**_GMN, **_CLS, "readout_norm": True, "align": True,
+                                                         "flat": True}),
+         "QuasiGMN": ("qegraph.nn.QuasiGMN", {**_GMN, **_CLS, "readout_norm": True}),
+         "StrictGMN": ("qegraph.nn.StrictGMN", {**_GMN, **_CLS, "readout_norm": True}),
+         "PermGMN": ("qegraph.nn.PermGMN", {**_GMN, **_CLS, "readout_norm": True}),
+         "FlatMLP": ("qegraph.nn.FlatMLP", _CLS),
+         "StatNN": ("qegraph.nn.StatNN", _CLS),
+         "StatNN (canonical)": ("qegraph.nn.StatNN", {**_CLS, "canonical": True})},
         "acc", epochs=24, data={"steps": None, "normalize": True}),
-    "epsilon_ablation": Experiment(
+    "epsilon_ablation": Experiment(  # the paper's α·β construction (inert for an invariant head)
         "cnn", 300, "generalization", "test_accuracy",
-        {"alpha off": ("qegraph.nn.QuasiGMN", {**_GMN, "gauge": False}),
-         "eps 0.1 fixed": ("qegraph.nn.QuasiGMN", {**_GMN, "epsilon": 0.1}),
-         "eps 0.5 fixed": ("qegraph.nn.QuasiGMN", {**_GMN, "epsilon": 0.5}),
-         "eps 0.9 fixed": ("qegraph.nn.QuasiGMN", {**_GMN, "epsilon": 0.9}),
-         "eps learned": ("qegraph.nn.QuasiGMN", {**_GMN, "epsilon_max": 0.9})},
+        {"alpha off": ("qegraph.nn.AlphaBetaGMN", {**_GMN, "gauge": False}),
+         "eps 0.1 fixed": ("qegraph.nn.AlphaBetaGMN", {**_GMN, "epsilon": 0.1}),
+         "eps 0.5 fixed": ("qegraph.nn.AlphaBetaGMN", {**_GMN, "epsilon": 0.5}),
+         "eps 0.9 fixed": ("qegraph.nn.AlphaBetaGMN", {**_GMN, "epsilon": 0.9}),
+         "eps learned": ("qegraph.nn.AlphaBetaGMN", {**_GMN, "epsilon_max": 0.9})},
         "kendall_tau"),
 }
 
@@ -89,8 +113,9 @@ def _import(path: str) -> Callable[..., Any]:
 
 
 def run_job(exp_name: str, zoo_dir: str, model: str, seed: int, train_k: float | None,
-            test_ks: list[float], epochs: int | None = None) -> dict[str, Any]:
-    """Train one model on one seed; return its test metric under each test k."""
+            test_ks: list[float], epochs: int | None = None, accelerator: str = "auto") -> dict[str, Any]:
+    """Train one model on one seed (Lightning ``accelerator``: auto, cpu, gpu…; one device); return its
+    test metric under each test k, evaluated on the training device in float32."""
     import lightning as L
 
     from qegraph.data import ZooDataModule
@@ -109,10 +134,11 @@ def run_job(exp_name: str, zoo_dir: str, model: str, seed: int, train_k: float |
     task_cls = GeneralizationPrediction if exp.task == "generalization" else INRClassification
     task = task_cls(net, lr=exp.lr, max_lr_epochs=max_epochs)
     trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", devices=1, deterministic=False)
+                        enable_model_summary=False, accelerator=accelerator, devices=1, deterministic=False)
     t0 = time.time()
     trainer.fit(task, dm)
-    task.eval()
+    device = trainer.strategy.root_device
+    task.eval().to(device)  # Lightning moves the module back to the CPU after fit
     n_params = sum(p.numel() for p in net.parameters())  # after fit: baselines size lazy layers on first use
     results: dict[str, Any] = {"model": model, "seed": seed, "train_k": train_k, "params": n_params,
                                "train_seconds": time.time() - t0}
@@ -121,7 +147,7 @@ def run_job(exp_name: str, zoo_dir: str, model: str, seed: int, train_k: float |
         preds, ys = [], []
         with torch.no_grad():
             for batch in dm.test_dataloader():
-                batch = batch if k is None else augment(batch, k, gen)
+                batch = (batch if k is None else augment(batch, k, gen)).to(device)  # drawn and acted on the CPU
                 preds.append(task.predict_values(task(batch)))
                 ys.append(task.target(batch))
         metrics = task.epoch_metrics(torch.cat(preds), torch.cat(ys))
@@ -223,8 +249,10 @@ def run_experiment(
     epochs: int | None = None,
     workers: int = 1,
     command: str = "",
+    accelerator: str = "auto",
 ) -> str:
-    """Run the grid of experiment ``name`` and write its tables to ``out``; returns the markdown table."""
+    """Run the grid of experiment ``name`` and write its tables to ``out``; returns the markdown table.
+    Training jobs run on Lightning's ``accelerator`` (one device each; ``workers`` jobs at a time)."""
     if name not in EXPERIMENTS:
         raise QegraphError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
@@ -254,11 +282,13 @@ def run_experiment(
         bar = stack.enter_context(tqdm(total=len(todo), desc=name, unit="run"))
         if workers > 1:
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=spawn))
-            futures = {pool.submit(run_job, name, str(zoo), m, s, tk, ks, epochs): (m, s, tk) for m, s, tk, ks in todo}
+            futures = {pool.submit(run_job, name, str(zoo), m, s, tk, ks, epochs, accelerator): (m, s, tk)
+                       for m, s, tk, ks in todo}
             outcomes: Iterator[tuple[tuple[Any, ...], Future]] = ((futures[f], f) for f in as_completed(futures))
         else:
             futures = {}
-            outcomes = (((m, s, tk), _call(run_job, name, str(zoo), m, s, tk, ks, epochs)) for m, s, tk, ks in todo)
+            outcomes = (((m, s, tk), _call(run_job, name, str(zoo), m, s, tk, ks, epochs, accelerator))
+                        for m, s, tk, ks in todo)
         for (model, seed, train_k), fut in outcomes:
             if fut.exception() is not None:  # stop at the first failure; queued jobs are cancelled
                 for other in futures:
@@ -294,9 +324,12 @@ def add_experiment_parser(sub: Any) -> None:
     p.add_argument("--models", nargs="*", help="subset of the experiment's models")
     p.add_argument("--epochs", type=int, help="override the experiment's epochs")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    p.add_argument("--accelerator", default="auto",
+                   help="Lightning accelerator of every training job: auto (a GPU when there is one), cpu, gpu")
 
 
 def run_experiment_cli(args: Any, argv: list[str]) -> None:
     md = run_experiment(args.name, args.out or f"outputs/experiments/{args.name}", args.zoo, args.seeds, args.test_ks,
-                        args.train_ks, args.models, args.epochs, args.workers, command="qegraph " + " ".join(argv))
+                        args.train_ks, args.models, args.epochs, args.workers, command="qegraph " + " ".join(argv),
+                        accelerator=args.accelerator)
     print(md)

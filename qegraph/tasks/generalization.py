@@ -31,7 +31,7 @@ class GeneralizationPrediction(GraphTask):
         return batch.y.reshape(-1).to(torch.get_default_dtype() if not batch.y.is_floating_point() else batch.y.dtype)
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
-        out = out.reshape(-1)
+        out = out.reshape(-1).to(torch.promote_types(out.dtype, torch.float32))  # fp16/bf16 logits (AMP) → fp32
         y = y.to(out.dtype)
         if self.loss_name == "bce":
             return F.binary_cross_entropy_with_logits(out, y)

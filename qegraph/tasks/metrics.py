@@ -28,11 +28,12 @@ def kendall_tau(pred: Tensor, target: Tensor) -> float:
     Two values count as tied when they differ by at most 16 round-off units of their own dtype
     (relative): predictions that differ only by the order of a floating-point reduction (one process
     vs DDP, batch composition) are equal, and τ does not flip on them. O(n²) memory in chunks of
-    rows; fine for the few thousand checkpoints of a test split.
+    rows; fine for the few thousand checkpoints of a test split. Computed on the device of ``pred``
+    (pair counts are integers, exact in float64 on any device).
     """
     rx, ry = _tie_rtol(pred), _tie_rtol(target)
-    x = pred.detach().double().flatten().cpu()
-    y = target.detach().double().flatten().cpu()
+    x = pred.detach().double().flatten()
+    y = target.detach().double().flatten().to(x.device)
     n = x.numel()
     if n < 2:
         return float("nan")
