@@ -296,9 +296,11 @@ else:
     data["metanet_speedup_vs_cpu"] = m.get("speedup_vs_cpu")
     data["metanet"] = {
         "zoo_batch": f"{zoo['graphs']} CNN graphs, {zoo['nodes']} nodes, {zoo['edges']} edges, model {zoo['model']}",
-        "quasi_graphs_per_s": zoo["graphs_per_s"]["quasi"], "strict_graphs_per_s": zoo["graphs_per_s"]["strict"],
+        "quasi_graphs_per_s": zoo["graphs_per_s"]["section"], "strict_graphs_per_s": zoo["graphs_per_s"]["strict"],
+        "alpha_beta_graphs_per_s": zoo["graphs_per_s"]["quasi"],
         "dense_graphs_per_s": zoo["graphs_per_s"]["dense"], "cpu_graphs_per_s": zoo.get("cpu_graphs_per_s"),
-        "quasi_steps_per_s": 1 / zoo["step_s_median"]["quasi"],
+        "quasi_steps_per_s": 1 / zoo["step_s_median"]["section"],
+        "section_step_vs_strict": m["section_step_vs_strict"],
         "cpu_steps_per_s": zoo["cpu_graphs_per_s"] / zoo["graphs"] if zoo.get("cpu_graphs_per_s") else None,
         "speedup_vs_dense": m["speedup_vs_dense"], "speedup_vs_dense_large": m["speedup_vs_dense_large"],
         "deep_peak_step_bytes": deep["peak_step_bytes"], "memory_ratio_vs_dense": m["memory_ratio_vs_dense"],

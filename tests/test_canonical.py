@@ -167,7 +167,7 @@ def test_residual_group_keeps_function_and_section(name: str) -> None:
 
 def test_mixed_batch_equals_graph_by_graph() -> None:
     graphs = [_graph(n) for n in ("cnn_zoo", "transformer", "relu_mlp", "siren")]
-    batch = Batch.from_data_list(qegraph.pad_to_common_slots(graphs))
+    batch = Batch.from_data_list(graphs)
     cb, gauge = canonicalize(batch)
     for i, g in enumerate(graphs):
         ci, _ = canonicalize(g)

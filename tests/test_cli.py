@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import qegraph
-from qegraph.cli import main
+from cli_helpers import assert_refused, run
 from qegraph.errors import UnsupportedOpError
 from nets import SmallCNN, Upsampler, make
 
@@ -21,22 +21,6 @@ TESTS = str(Path(__file__).parent)
 @pytest.fixture(autouse=True)
 def _tests_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(TESTS)
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_refused(code: int, err: str, out_file: Path, *needles: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qegraph convert: error:"), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    assert not out_file.exists()
-    assert not any(p.name.startswith(f".{out_file.name}") for p in out_file.parent.iterdir())
 
 
 def test_convert_state_dict_with_arch_and_load_back(tmp_path: Path, capsys) -> None:

@@ -50,7 +50,13 @@ def test_configs_are_found() -> None:
     assert "configs/quickstart.yaml" in {str(p.relative_to(p.parents[1])) for p in CONFIGS if p.parent.name == "configs"}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def _fast_or_slow(path: Path) -> object:
+    """The quickstart and every experiment's QuasiGMN config parse in the fast loop; the rest are slow."""
+    fast = path.name in ("quickstart.yaml", "quasi.yaml")
+    return pytest.param(path, id=f"{path.parent.name}/{path.name}", marks=() if fast else pytest.mark.slow)
+
+
+@pytest.mark.parametrize("path", [_fast_or_slow(p) for p in CONFIGS])
 def test_config_parses(path: Path, no_side_effects: Path, capsys: pytest.CaptureFixture) -> None:
     assert _print_config(path) == 0
     out = capsys.readouterr().out

@@ -17,6 +17,7 @@ from torch import nn
 
 import qegraph
 from qegraph.cli import main
+from cli_helpers import assert_refused, run
 
 try:  # imported at collection (seconds: the modeling modules load lazily), so that no test pays for it
     import transformers
@@ -41,21 +42,6 @@ class TwoLayer(nn.Module):
     def forward(self, x):
         return self.fc2(torch.relu(self.fc1(x)))
 '''
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_refused(code: int, err: str, out_file: Path, *needles: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qegraph convert: error:"), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    assert not out_file.exists()
 
 
 @pytest.fixture

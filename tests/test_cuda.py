@@ -76,7 +76,7 @@ def device() -> torch.device:
 def batches() -> dict[torch.dtype, Batch]:
     """One CPU batch of the seven test architectures per dtype (converted from modules of that dtype)."""
     mods = modules()
-    return {dt: Batch.from_data_list(qegraph.pad_to_common_slots([qegraph.to_graph(mods[a].to(dt)) for a in ARCHS]))
+    return {dt: Batch.from_data_list([qegraph.to_graph(mods[a].to(dt)) for a in ARCHS])
             for dt in (torch.float64, torch.float32)}
 
 

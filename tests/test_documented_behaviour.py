@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from torch_geometric.loader import DataLoader
@@ -19,7 +17,7 @@ import qegraph
 from nets import make, seeded
 from qegraph import SymKind
 from qegraph.cli import main
-from qegraph.errors import NonFiniteError, UnsupportedOpError
+from qegraph.errors import NonFiniteError
 from qegraph.testing import assert_functionally_equal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +190,7 @@ def test_convert_activation_sine(tmp_path: Path, capsys: pytest.CaptureFixture) 
 def test_batch_to_device_moves_every_tensor() -> None:
     """"``.to(device)`` work[s] unchanged": every tensor of a mixed batch moves (here to the ``meta``
     device, which needs no GPU), nothing stays behind, and the values come back unchanged."""
-    graphs = qegraph.pad_to_common_slots([qegraph.to_graph(make(n)[0]) for n in ("relu_mlp", "rescnn", "lenet")])
+    graphs = [qegraph.to_graph(make(n)[0]) for n in ("relu_mlp", "rescnn", "lenet")]
     batch = next(iter(DataLoader(graphs, batch_size=3)))
     before = {k: v.clone() for k, v in batch.to_dict().items() if isinstance(v, torch.Tensor)}
     moved = batch.clone().to("meta")

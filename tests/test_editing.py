@@ -50,7 +50,7 @@ def test_render_matches_to_module_float64(inr_zoo):
     # a second architecture in the same batch (other node / edge counts) exercises the offsets
     small = siren_arch(hidden=16)
     graphs.insert(2, qegraph.to_graph(module_from_arch(small).double(), arch=small))
-    batch = Batch.from_data_list(qegraph.pad_to_common_slots(graphs))
+    batch = Batch.from_data_list(graphs)
     assert batch.x.dtype == torch.float64
     task = WeightEditing(Unchanged())
     got = task.renderer(batch, pixel_grid(8).double())

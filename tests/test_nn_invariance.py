@@ -50,7 +50,7 @@ def test_detected_groups_are_nontrivial(g: dict) -> None:
 
 
 def test_mixed_batch_invariant(g: dict) -> None:
-    batch = Batch.from_data_list(qegraph.pad_to_common_slots([g[a] for a in ARCHS]))
+    batch = Batch.from_data_list([g[a] for a in ARCHS])
     model = _model(AlphaBetaGMN)
     err = assert_invariant(model, batch, n=2, scale_range=SCALES, generator=_gen(), rtol=INV_RTOL)
     assert err <= INV_RTOL

@@ -8,7 +8,7 @@ Every test is parametrized over the model classes, so it keeps applying whatever
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -63,6 +63,11 @@ CASES: dict[str, Callable[[], Case]] = {
 }
 
 
+def _arch_params(names: list[str]) -> list[object]:
+    """The ViT and BERT-layout cases (the most expensive graphs) run in the full suite only."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in ("vit", "bert") else n for n in names]
+
+
 @pytest.fixture(scope="module")
 def cases() -> dict[str, Case]:
     return {name: make() for name, make in CASES.items()}
@@ -78,7 +83,7 @@ def _gen(seed: int = 3) -> torch.Generator:
 
 
 # ---------------------------------------------------------------------- invariance
-@pytest.mark.parametrize("arch", list(CASES))
+@pytest.mark.parametrize("arch", _arch_params(list(CASES)))
 @pytest.mark.parametrize("cls", FULL)
 def test_full_group_invariance(cases: dict[str, Case], arch: str, cls: type) -> None:
     """Head permutations, per-head GL(d) gauges, FFN / stream permutations and ReLU scalings up to 1e4."""
@@ -88,14 +93,14 @@ def test_full_group_invariance(cases: dict[str, Case], arch: str, cls: type) -> 
     assert err <= INV_RTOL
 
 
-@pytest.mark.parametrize("arch", [*CASES, "relu_mlp", "tanh_mlp", "cnn_relu", "res_cnn"])
+@pytest.mark.parametrize("arch", _arch_params([*CASES, "relu_mlp", "tanh_mlp", "cnn_relu", "res_cnn"]))
 def test_permutation_invariance(cases: dict[str, Case], arch: str) -> None:
     """PermGMN's guarantee (QuasiGMN and StrictGMN are checked on the whole group above)."""
     graph = cases[arch].graph if arch in CASES else graphs({arch: modules()[arch]})[arch]
     assert permutation_invariance(_model(PermGMN), graph) <= INV_RTOL
 
 
-@pytest.mark.parametrize("arch", list(CASES))
+@pytest.mark.parametrize("arch", _arch_params(list(CASES)))
 @pytest.mark.parametrize("cls", FULL)
 def test_per_head_gl_edit_is_a_symmetry(cases: dict[str, Case], arch: str, cls: type) -> None:
     """Positive control for the edits below: per head A on Q, A^{-T} on K, B on V, B^{-1} on W_O,
@@ -114,7 +119,7 @@ CONTROLS: dict[str, Callable[[Case], Callable[[Attention], None]]] = {
 
 
 @pytest.mark.parametrize("control", list(CONTROLS))
-@pytest.mark.parametrize("arch", list(CASES))
+@pytest.mark.parametrize("arch", _arch_params(list(CASES)))
 @pytest.mark.parametrize("cls", FULL)
 def test_attention_non_symmetry_is_seen(cases: dict[str, Case], arch: str, cls: type, control: str) -> None:
     case = cases[arch]

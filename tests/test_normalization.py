@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-import qegraph
 from controls import INV_RTOL, permutation_invariance
 from nn_nets import graphs, modules
 from qegraph.data.datamodule import ZooDataModule
@@ -89,7 +88,7 @@ def test_readout_norm_keeps_invariance(cls: type) -> None:
     extra = {"stats": False} if cls is QuasiGMN else {}  # QuasiGMN's statistics path has a BatchNorm of its own
     model = cls(out_dim=3, hidden_dim=8, num_layers=2, readout_norm=True, **extra).double()
     (norm,) = batchnorm_layers(model)
-    batch = Batch.from_data_list(qegraph.pad_to_common_slots([g["relu_mlp"], g["siren"], g["cnn_relu"]]))
+    batch = Batch.from_data_list([g["relu_mlp"], g["siren"], g["cnn_relu"]])
     seen: list[torch.Tensor] = []
     hook = norm.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
     assert recompute_batchnorm_stats(model, [batch]) == 1

@@ -132,7 +132,7 @@ def test_sampling_is_deterministic_and_respects_ranges() -> None:
 def test_act_on_a_batch_equals_act_per_graph() -> None:
     from torch_geometric.data import Batch
 
-    graphs = qegraph.pad_to_common_slots([qegraph.to_graph(make(n)[0]) for n in ("relu_mlp", "cnn_zoo_relu", "rescnn")])
+    graphs = [qegraph.to_graph(make(n)[0]) for n in ("relu_mlp", "cnn_zoo_relu", "rescnn")]
     batch = Batch.from_data_list(graphs)
     element = qegraph.symmetry_group(batch).sample(generator=torch.Generator().manual_seed(1), scale_range=(1, 1e3))
     acted = element.act(batch)

@@ -99,7 +99,7 @@ def test_invariant_enforces_its_tolerance(g: dict) -> None:
 
 def test_invariant_acts_on_every_graph_of_a_batch(g: dict) -> None:
     names = ["relu_mlp", "tanh_mlp"]
-    batch = Batch.from_data_list(qegraph.pad_to_common_slots([g[a] for a in names]))
+    batch = Batch.from_data_list([g[a] for a in names])
 
     def per_graph(b: Batch) -> Tensor:
         return torch.cat([_network_output(a)(b.get_example(i)).flatten() for i, a in enumerate(names)]).unsqueeze(0)

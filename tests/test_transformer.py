@@ -149,7 +149,7 @@ def test_batch_with_mlp() -> None:
     vit_m = vit("mean")
     torch.manual_seed(2)
     mlp = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)).double().eval()
-    graphs = qegraph.pad_to_common_slots([qegraph.to_graph(vit_m), qegraph.to_graph(mlp)])
+    graphs = [qegraph.to_graph(vit_m), qegraph.to_graph(mlp)]
     batch = Batch.from_data_list(graphs)
     for g, back in zip(graphs, batch.to_data_list()):
         for key in ("x", "edge_attr", "edge_index", "emb_attr", "sym_group", "sym_member", "sym_stride", "gl_role",

@@ -35,6 +35,7 @@ def short_cnn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(CNNFamily, "checkpoint_steps", (0, 3, 8))
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed(tmp_path: Path, short_cnn: None) -> None:
     generate_zoo("cnn", tmp_path / "a", 6, seed=3, chunk_size=3, progress=False)
     generate_zoo("cnn", tmp_path / "b", 6, seed=3, chunk_size=3, progress=False)
@@ -46,6 +47,7 @@ def test_deterministic_for_a_seed(tmp_path: Path, short_cnn: None) -> None:
     assert {r["step"] for r in zoo.rows} == {0, 3, 8}
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_zoo(tmp_path: Path, short_cnn: None, monkeypatch: pytest.MonkeyPatch) -> None:
     generate_zoo("cnn", tmp_path / "ref", 7, seed=1, chunk_size=3, progress=False)
 
