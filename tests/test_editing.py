@@ -81,7 +81,7 @@ def test_identity_edit_equals_baseline(datamodule):
 def test_training_reduces_loss_and_gradients_reach_model(datamodule):
     torch.manual_seed(0)
     batch = next(iter(datamodule.train_dataloader()))
-    task = WeightEditing(WeightSpaceGMN(hidden_dim=8, num_layers=2), transform="invert", lr=1e-2)
+    task = WeightEditing(WeightSpaceGMN(hidden_dim=8, num_layers=2), transform="invert", lr=3e-3)  # the configs' lr
     opt = task.configure_optimizers()
     y = task.target(batch)
     losses = []

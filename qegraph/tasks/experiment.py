@@ -109,6 +109,34 @@ EXPERIMENTS: dict[str, Experiment] = {
 }
 
 
+def _best_state_callback() -> type:
+    import lightning as L
+
+    class _BestValidationState(L.Callback):
+        """Keeps (in memory) the model state of the epoch with the best validation metric."""
+
+        def __init__(self, monitor: str) -> None:
+            self.monitor, self.score, self.state, self.epoch = monitor, -math.inf, None, -1
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is not None and math.isfinite(float(value)) and float(value) > self.score:
+                self.score, self.epoch = float(value), trainer.current_epoch
+                self.state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                              for k, v in pl_module.state_dict().items()}
+
+        def restore(self, pl_module: Any) -> None:
+            if self.state is not None:
+                pl_module.load_state_dict(self.state)
+
+    return _BestValidationState
+
+
+def BestValidationState(monitor: str) -> Any:  # noqa: N802  (Lightning is imported lazily)
+    """A Lightning callback keeping the model state of the best validation epoch; ``.restore(module)``."""
+    return _best_state_callback()(monitor)
+
+
 def _import(path: str) -> Callable[..., Any]:
     mod, _, name = path.rpartition(".")
     return getattr(__import__(mod, fromlist=[name]), name)
@@ -135,15 +163,18 @@ def run_job(exp_name: str, zoo_dir: str, model: str, seed: int, train_k: float |
     max_epochs = epochs or exp.epochs
     task_cls = GeneralizationPrediction if exp.task == "generalization" else INRClassification
     task = task_cls(net, lr=exp.lr, max_lr_epochs=max_epochs)
+    best = BestValidationState(f"val/{exp.metric}")
     trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator=accelerator, devices=1, deterministic=False)
+                        enable_model_summary=False, accelerator=accelerator, devices=1, deterministic=False,
+                        callbacks=[best])
     t0 = time.time()
     trainer.fit(task, dm)
+    best.restore(task)  # model selection on the validation split, as the configs' ModelCheckpoint does
     device = trainer.strategy.root_device
     task.eval().to(device)  # Lightning moves the module back to the CPU after fit
     n_params = sum(p.numel() for p in net.parameters())  # after fit: baselines size lazy layers on first use
     results: dict[str, Any] = {"model": model, "seed": seed, "train_k": train_k, "params": n_params,
-                               "train_seconds": time.time() - t0}
+                               "train_seconds": time.time() - t0, "best_epoch": best.epoch, "best_val": best.score}
     gen = torch.Generator().manual_seed(10_000 + seed)
     for k in [None, *test_ks]:  # None: the test networks as they are, no group element applied
         preds, ys = [], []
