@@ -48,7 +48,6 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading whole pickled modules (can execute code: only for files you trust)")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert even if weights contain NaN/inf")
-    p.add_argument("--num-slots", type=int, help="pad edge features to this many slots")
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -79,7 +78,6 @@ def _read_source(args: argparse.Namespace):  # noqa: ANN202  (a ParameterGraph; 
         args.input, arch=args.arch, arch_kwargs=parse_json_kwargs(args.arch_kwargs), spec=args.spec,
         layout=args.layout, config=args.config, num_heads=args.num_heads, strip_prefix=args.strip_prefix,
         activation=args.activation, trust_pickle=args.trust_pickle, allow_nonfinite=args.allow_nonfinite,
-        num_slots=args.num_slots,
     )
 
 

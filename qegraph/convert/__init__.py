@@ -24,7 +24,6 @@ def to_graph(
     *,
     arch: dict[str, Any] | None = None,
     allow_nonfinite: bool = False,
-    num_slots: int | None = None,
     name: str | None = None,
 ) -> ParameterGraph:
     """Convert ``module`` to a :class:`ParameterGraph` (parameters and buffers, exact inverse).
@@ -32,15 +31,14 @@ def to_graph(
     A ``transformers`` model is converted by the layout of its ``config.model_type`` (the graph's
     ``to_module()`` rebuilds the library's class from the config; unsupported model types are refused
     with the list of supported ones); any other module by tracing it with ``torch.fx``
-    (:func:`qegraph.convert.fx_converter.to_graph`: ``arch`` is the architecture record to store,
-    ``num_slots`` pads edge features).
+    (:func:`qegraph.convert.fx_converter.to_graph`: ``arch`` is the architecture record to store).
     """
     if is_hf_model(module):
         if arch is not None:
             raise QegraphError(f"{name or type(module).__name__}: a transformers model records its own config; "
                                "do not pass arch")
         return model_to_graph(module, allow_nonfinite=allow_nonfinite, name=name)
-    return fx_converter.to_graph(module, arch=arch, allow_nonfinite=allow_nonfinite, num_slots=num_slots, name=name)
+    return fx_converter.to_graph(module, arch=arch, allow_nonfinite=allow_nonfinite, name=name)
 
 
 __all__ = ["register_module_handler", "to_graph"]

@@ -198,7 +198,6 @@ def convert(
     activation: str = "relu",
     trust_pickle: bool = False,
     allow_nonfinite: bool = False,
-    num_slots: int | None = None,
 ) -> ParameterGraph:
     """Convert a checkpoint file to a :class:`ParameterGraph` (see the module docstring)."""
     path = Path(path)
@@ -206,14 +205,13 @@ def convert(
     if len(given) > 1:
         raise QegraphError(f"give only one of --arch, --spec, --layout (got {', '.join(given)})")
     loaded = load_checkpoint(path, trust_pickle=trust_pickle)
-    opts = {"allow_nonfinite": allow_nonfinite, "num_slots": num_slots, "name": path.name}
+    opts = {"allow_nonfinite": allow_nonfinite, "name": path.name}
     if isinstance(loaded, nn.Module):
         return to_graph(loaded, **opts)
     sd = loaded if strip_prefix is None else strip_key_prefix(loaded, strip_prefix, str(path))
     try:
         return _convert_state_dict(sd, path, arch, arch_kwargs, spec, layout=layout, config=config,
-                                   num_heads=num_heads, activation=activation, allow_nonfinite=allow_nonfinite,
-                                   num_slots=num_slots)
+                                   num_heads=num_heads, activation=activation, allow_nonfinite=allow_nonfinite)
     except NonFiniteError:
         raise
     except QegraphError as e:
@@ -226,8 +224,7 @@ def convert(
 
 def _convert_state_dict(sd: dict[str, Tensor], path: Path, arch: str | None, arch_kwargs: dict[str, Any] | None,
                         spec: str | Path | None, *, layout: str | None, config: str | Path | None,
-                        num_heads: int | None, activation: str, allow_nonfinite: bool,
-                        num_slots: int | None) -> ParameterGraph:
+                        num_heads: int | None, activation: str, allow_nonfinite: bool) -> ParameterGraph:
     hf_arch = arch is not None and arch.startswith("transformers:")
     wants = config is not None or layout is not None or hf_arch or (arch is None and spec is None)
     cfg = read_config(config, path) if wants else None
@@ -261,7 +258,7 @@ def _convert_state_dict(sd: dict[str, Tensor], path: Path, arch: str | None, arc
             raise QegraphError(str(e)) from None
         record = {"type": "chain_mlp", "layers": chain, "activation": activation}
     module = _module_for(sd, record, source=str(path))
-    return to_graph(module, arch=record, allow_nonfinite=allow_nonfinite, num_slots=num_slots, name=path.name)
+    return to_graph(module, arch=record, allow_nonfinite=allow_nonfinite, name=path.name)
 
 
 def parse_json_kwargs(text: str | None) -> dict[str, Any] | None:

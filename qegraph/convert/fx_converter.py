@@ -172,7 +172,7 @@ class FxConverter:
         return key, self.sd[key]
 
     # ------------------------------------------------------------------ walk
-    def run(self, arch: dict[str, Any] | None, *, allow_nonfinite: bool, num_slots: int | None) -> ParameterGraph:
+    def run(self, arch: dict[str, Any] | None, *, allow_nonfinite: bool) -> ParameterGraph:
         try:
             traced = self.trace()
         except Exception as e:  # tracing errors come in many types (TraceError, TypeError, …)
@@ -203,7 +203,7 @@ class FxConverter:
         keys = list(self.sd)
         placed = self.extras.keys
         graph = self.b.build(arch, [k for k in keys if k not in placed], allow_nonfinite=allow_nonfinite,
-                             num_slots=num_slots, source=self.name)
+                             source=self.name)
         return self.extras.finalize(self.b, graph, keys, allow_nonfinite=allow_nonfinite, source=self.name)
 
     def trace(self) -> fx.Graph:
@@ -711,17 +711,16 @@ def to_graph(
     *,
     arch: dict[str, Any] | None = None,
     allow_nonfinite: bool = False,
-    num_slots: int | None = None,
     name: str | None = None,
 ) -> ParameterGraph:
     """Convert ``module`` to a :class:`ParameterGraph` (parameters and buffers, exact inverse).
 
     ``arch``: the architecture record to store (default: derived from the module, see
-    ``qegraph.graph.arch``). ``num_slots``: pad edge features to this many slots. Raises
+    ``qegraph.graph.arch``). Raises
     :class:`~qegraph.errors.UnsupportedOpError` naming the module path and op for anything the
     converter does not understand.
     """
     if not isinstance(module, nn.Module):
         raise QegraphError(f"to_graph() expects an nn.Module, got {type(module).__name__}")
     rec = arch if arch is not None else arch_from_module(module)
-    return FxConverter(module, name=name).run(rec, allow_nonfinite=allow_nonfinite, num_slots=num_slots)
+    return FxConverter(module, name=name).run(rec, allow_nonfinite=allow_nonfinite)

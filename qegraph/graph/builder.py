@@ -239,12 +239,11 @@ class GraphBuilder:
         key_order: list[str],
         *,
         allow_nonfinite: bool = False,
-        num_slots: int | None = None,
         source: str = "module",
     ) -> ParameterGraph:
         """The graph: parameters placed in ``key_order`` (the state_dict's), graph dtype = the promoted
-        dtype of the float parameters. ``num_slots`` is only checked against the largest edge width
-        (edges store their own widths; a padded view is derived when a model reads a batch)."""
+        dtype of the float parameters (edges store their own widths; a padded view is derived when a
+        model reads a batch)."""
         placed = [p.key for p in self.placements]
         dup = {k for k in placed if placed.count(k) > 1} if len(set(placed)) != len(placed) else set()
         if dup:
@@ -270,10 +269,6 @@ class GraphBuilder:
             dtype = floats[0].dtype
             for t in floats[1:]:
                 dtype = torch.promote_types(dtype, t.dtype)
-
-        if num_slots is not None and num_slots < max([1, *(b.width for b in self.blocks)]):
-            raise QegraphError(f"num_slots={num_slots} is smaller than the largest kernel/block "
-                               f"({max(b.width for b in self.blocks)} slots)")
 
         n = self._num_nodes
         x = torch.zeros(n, len(NODE_SLOTS), dtype=dtype)
