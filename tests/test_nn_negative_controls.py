@@ -155,7 +155,8 @@ def _unit_edit(layer_in: str, layer_out: str, unit: int, how: str) -> Callable[[
 
 @pytest.mark.parametrize("cls", ALL)
 @pytest.mark.parametrize("arch,layers", [("relu_mlp", ("0", "2")), ("siren", ("2", "4")), ("cnn_relu", ("2", "4")),
-                                         ("encoder", ("layers.0.linear1", "layers.0.linear2"))])
+                                         pytest.param("encoder", ("layers.0.linear1", "layers.0.linear2"),
+                                                      marks=pytest.mark.slow)])
 def test_uncoupled_permutation_is_seen(cases: dict[str, Case], cls: type, arch: str, layers: tuple[str, str]) -> None:
     """Two hidden units swapped in their incoming weights but not in their outgoing ones."""
     if arch in CASES:

@@ -51,7 +51,9 @@ def _hidden(model: QuasiGMN):  # noqa: ANN202
     return lambda graph: model.features(graph)[0]
 
 
-@pytest.mark.parametrize("gauge", ["none", "input", "layers"])
+# the default gauge ("layers") in the fast loop; the ablation gauges in the full suite
+@pytest.mark.parametrize("gauge", [pytest.param("none", marks=pytest.mark.slow), pytest.param("input", marks=pytest.mark.slow),
+                                   "layers"])
 @pytest.mark.parametrize("name", list(GRAPHS))
 @torch.no_grad()
 def test_invariant_to_the_full_group(name: str, gauge: str) -> None:
