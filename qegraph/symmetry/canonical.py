@@ -27,10 +27,13 @@ thin QR factorizations Xᵀ = Q_x R_x, Yᵀ = Q_y R_y and the SVD R_x R_yᵀ = U
     \hat X^\top \hat Y = M,
 
 the balanced (minimum-norm, ‖X̂‖ = ‖Ŷ‖ = ‖M‖_*) factorization; Ŷ = A^{-T} Y for X̂ = A X, so it is a
-group element. Value/output: the same with M = W_O^h [W_V^h | b_V^h] (W_O^h ↦ W_O^h B^{-1} on the left
-factor). Coordinates are sorted by singular value; the sign of each coordinate pair (q_i, k_i), (v_i,
-o_i) is fixed by making the entry of largest magnitude of row i of X̂ (resp. of the value block)
-positive, so the output is deterministic.
+group element. Q_x is never formed where R_x comes from the Cholesky factorization of the Gram matrix
+XXᵀ = R_xᵀR_x (X̂ = Σ^{1/2} Uᵀ R_x^{-T} X), which is used when X is well conditioned
+(:data:`GRAM_MAX_COND`); other heads take Householder QR. Value/output: the same with
+M = W_O^h [W_V^h | b_V^h] (W_O^h ↦ W_O^h B^{-1} on the left factor). Coordinates are sorted by singular
+value; the sign of each coordinate pair (q_i, k_i), (v_i, o_i) is fixed by making the entry of largest
+magnitude of row i of X̂ (resp. of the value block) positive (on an exact tie of +a and −a: +a), so the
+output is deterministic.
 
 **What remains** (the residual group recorded on θ̂, ``symmetry_group(θ̂)``): permutations; sign flips
 of tanh/sin units (SIGN stays SIGN, NONZERO becomes SIGN: a sign canonicalization would be
@@ -51,12 +54,14 @@ Computation is in float64 and the result is cast back to the graph's dtype.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from qegraph.errors import QegraphError
+from qegraph.graph.blocks import BlockTable
 from qegraph.graph.parameter_graph import ParameterGraph
 from qegraph.graph.types import GLRole, SymKind
 from qegraph.symmetry.group import GroupElement, SymmetryGroup
@@ -155,7 +160,6 @@ def _scale_terms(graph: ParameterGraph, slot: Tensor, slot_kind: Tensor) -> tupl
     """The terms of f, the variable of every slot (−1: not scaled) and the number of degenerate slots."""
     dev = graph.x.device
     num_slots = slot_kind.numel()
-    ei = graph.edge_index
     head = graph.gl_role > 0 if hasattr(graph, "gl_role") else torch.zeros(graph.num_nodes, dtype=torch.bool, device=dev)
     scalable = torch.zeros(num_slots, dtype=torch.bool, device=dev)
     for k in _SCALABLE:
@@ -164,7 +168,8 @@ def _scale_terms(graph: ParameterGraph, slot: Tensor, slot_kind: Tensor) -> tupl
         empty = torch.zeros(0, dtype=torch.long, device=dev)
         terms = _Terms(torch.zeros(0, dtype=torch.float64, device=dev), empty, empty, 0, empty, empty, 1, 0)
         return terms, torch.full((num_slots,), -1, dtype=torch.long, device=dev), 0
-    node_c = (graph.x.to(torch.float64) * graph.x_mask) .pow(2).sum(1)
+    ei = graph.edge_index
+    node_c = (graph.x.to(torch.float64) * graph.x_mask).pow(2).sum(1)
     cols, col_c = _table_sq_norms(graph)
     node_c = node_c.index_add(0, cols, col_c)
     edge_c = _edge_sq_norms(graph)
@@ -360,95 +365,214 @@ def _pair_blocks(q: _Blocks, k: _Blocks) -> tuple[_Blocks, _Blocks]:
             _Blocks(k.start[ki], k.group[ki], k.head[ki], k.d))
 
 
-def _csr(index: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Edges sorted by ``index`` (stable): (order, first position per node, degree per node)."""
-    order = torch.argsort(index, stable=True)
-    deg = torch.bincount(index, minlength=n)
-    first = torch.cumsum(deg, 0) - deg
-    return order, first, deg
+def _uniform_positions(bt: BlockTable, nodes: Tensor, side: str) -> Tensor | None:
+    """The value positions of :func:`_value_positions` when every node lies in exactly one block with
+    values (on ``side``; parameter-free blocks hold none) and all of them have the same degree, width and
+    stride (attention projections: a row, or a column, of one weight matrix): ``first[n] + pattern``, no
+    per-edge arithmetic. ``None`` otherwise.
+
+    In block b, target t_b + o holds the values v_b + (o·p + [0, p))·w (contiguous); source
+    s_b + g·p + i holds v_b + ((g·r + j)·p + i)·w + [0, w), j ∈ [0, r) (stride p·w)."""
+    dev = nodes.device
+    lo, cnt = (bt.dst, bt.ndst) if side == "dst" else (bt.src, bt.nsrc)
+    rel = nodes.unsqueeze(1) - lo.unsqueeze(0)  # [n, B]
+    inside = (rel >= 0) & (rel < cnt.unsqueeze(0)) & ((bt.size > 0) & (bt.width > 0)).unsqueeze(0)
+    if not bool((inside.sum(1) == 1).all()):
+        return None
+    blk = inside.to(torch.uint8).argmax(1)
+    r = rel.gather(1, blk.unsqueeze(1)).squeeze(1)
+    per, rpg, w = bt.per[blk], bt.rpg[blk], bt.width[blk]
+    deg, step = (per, w) if side == "dst" else (rpg, per * w)
+    key = torch.stack([deg, w, step])
+    if not bool((key == key[:, :1]).all()):
+        return None
+    if side == "dst":
+        first = bt.voff[blk] + r * per * w
+    else:
+        g = torch.div(r, per, rounding_mode="floor")
+        first = bt.voff[blk] + (g * rpg * per + r - g * per) * w
+    d0, w0, s0 = (int(v) for v in key[:, 0])
+    pattern = (torch.arange(d0, device=dev).unsqueeze(1) * s0 + torch.arange(w0, device=dev)).reshape(-1)
+    return first.unsqueeze(1) + pattern
 
 
-def _gather_rows(nodes: Tensor, order: Tensor, first: Tensor, deg: Tensor) -> Tensor:
-    """``[len(nodes), max_deg]`` edge ids of the incident edges of every node (−1 padding)."""
-    k = int(deg[nodes].max()) if nodes.numel() else 0
-    pos = first[nodes].unsqueeze(1) + torch.arange(k, device=nodes.device).unsqueeze(0)
-    valid = torch.arange(k, device=nodes.device).unsqueeze(0) < deg[nodes].unsqueeze(1)
-    return torch.where(valid, order[pos.clamp(max=max(order.numel() - 1, 0))], -1)
+def _incident(bt: BlockTable, nodes: Tensor, side: str) -> tuple[Tensor, Tensor]:
+    """``[len(nodes), max_deg]`` ids of the edges entering (``side="dst"``) or leaving (``"src"``) every
+    node, in edge-id order (−1 padding), and the block of each (broadcastable to the ids), from the
+    block table alone (no per-edge index is built).
+
+    In block b (module docstring of :mod:`qegraph.graph.blocks`), target t = t_b + o receives the
+    contiguous edges k = o·p + [0, p); source s = s_b + g·p + i (group g, position i) sends the edges
+    k = (g·r + [0, r))·p + i."""
+    dev = nodes.device
+    if nodes.numel() == 0 or bt.num_blocks == 0:
+        empty = torch.full((nodes.numel(), 0), -1, dtype=torch.long, device=dev)
+        return empty, empty
+    lo, n = (bt.dst, bt.ndst) if side == "dst" else (bt.src, bt.nsrc)
+    rel = nodes.unsqueeze(1) - lo.unsqueeze(0)  # [n, B]
+    inside = (rel >= 0) & (rel < n.unsqueeze(0)) & (bt.size > 0).unsqueeze(0)
+    cnt = torch.where(inside, (bt.per if side == "dst" else bt.rpg).unsqueeze(0), 0)
+    cum = torch.cumsum(cnt, 1)
+    deg = cum[:, -1:]
+    j = torch.arange(int(deg.max()), device=dev).unsqueeze(0).expand(nodes.numel(), -1).contiguous()
+    blk = torch.searchsorted(cum, j, right=True).clamp(max=bt.num_blocks - 1)  # [n, k]
+    off = j - (cum.gather(1, blk) - cnt.gather(1, blk))
+    r = rel.gather(1, blk)
+    per = bt.per[blk]
+    if side == "dst":
+        edge = bt.eoff[blk] + r * per + off
+    else:
+        g = torch.div(r, per, rounding_mode="floor")
+        edge = bt.eoff[blk] + (g * bt.rpg[blk] + off) * per + (r - g * per)
+    return torch.where(j < deg, edge, -1), blk
+
+
+def _value_positions(bt: BlockTable, nodes: Tensor, side: str) -> tuple[Tensor, Tensor | None]:
+    """``[len(nodes), L]`` positions in ``edge_val`` of the values of the edges entering (``"dst"``) or
+    leaving (``"src"``) every node (edges in id order, each edge's slots in order, padded to the largest
+    width and degree) and their validity (``None``: all valid; invalid positions are 0)."""
+    if nodes.numel() > 0 and bt.num_blocks > 0:
+        pos = _uniform_positions(bt, nodes, side)
+        if pos is not None:
+            return pos, None
+    edges, blk = _incident(bt, nodes, side)
+    width = bt.width[blk]
+    w = max(1, int(width.max())) if width.numel() else 1
+    ar = torch.arange(w, device=nodes.device)
+    pos = (bt.voff[blk] + (edges - bt.eoff[blk]) * width).unsqueeze(-1) + ar
+    valid = ((ar < width.unsqueeze(-1)) & (edges >= 0).unsqueeze(-1)).reshape(nodes.numel(), -1)
+    return torch.where(valid, pos.reshape(valid.shape), 0), valid
+
+
+@dataclass
+class _Rows:
+    """The feature rows of some head nodes: the value positions (and validity) of their incident edges'
+    values and whether their node columns follow."""
+
+    nodes: Tensor
+    pos: Tensor  # [n, L]
+    valid: Tensor | None  # [n, L]; None: all valid
+    with_nodes: bool
 
 
 class _Features:
-    """Read/write the rows of head blocks as dense matrices: incident edges' values (read from the ragged
-    ``edge_val``, padded to the largest width among the edges read) and node columns."""
+    """Read/write the rows of head blocks as dense float64 matrices: incident edges' values (from the
+    ragged ``edge_val``) and node columns."""
 
     def __init__(self, graph: ParameterGraph, x: Tensor, edge_val: Tensor) -> None:
-        bt = graph.block_table
+        self.bt = graph.block_table
         self.x, self.x_mask, self.val = x, graph.x_mask, edge_val
-        self.end, self.eoff, self.voff, self.width = bt.eoff + bt.size, bt.eoff, bt.voff, bt.width
 
-    def _index(self, edges: Tensor) -> tuple[Tensor, Tensor]:
-        """Value positions ``[n, k, w]`` of the slots of ``edges`` [n, k] (−1 pads) and their validity."""
-        e = edges.clamp(min=0)
-        b = torch.searchsorted(self.end, e, right=True).clamp(max=max(self.end.numel() - 1, 0))
-        width = self.width[b]
-        w = max(1, int(width.max())) if width.numel() else 1
-        ar = torch.arange(w, device=edges.device)
-        pos = (self.voff[b] + (e - self.eoff[b]) * width).unsqueeze(-1) + ar
-        valid = (ar < width.unsqueeze(-1)) & (edges >= 0).unsqueeze(-1)
-        return pos, valid
+    def rows(self, nodes: Tensor, side: str, with_nodes: bool) -> _Rows:
+        """The rows of ``nodes`` with the edges of ``side`` (see :func:`_value_positions`)."""
+        return _Rows(nodes, *_value_positions(self.bt, nodes, side), with_nodes)
 
-    def read(self, nodes: Tensor, edges: Tensor, with_nodes: bool) -> Tensor:
-        """``[len(nodes), F]``: per node its incident edges' slots (``edges`` [n, k], −1 pads), then
-        (``with_nodes``) its node columns; zeros where invalid."""
-        pos, valid = self._index(edges)
-        vals = torch.where(valid, self.val[pos.clamp(max=max(self.val.numel() - 1, 0))], self.val.new_zeros(()))
-        parts = [vals.reshape(nodes.numel(), -1)]
-        if with_nodes:
-            parts.append(self.x[nodes] * self.x_mask[nodes])
-        return torch.cat(parts, dim=1)
+    def read(self, rows: _Rows) -> Tensor:
+        """``[n, F]`` float64: per node its incident edges' values, then (``with_nodes``) its node
+        columns; zeros where invalid."""
+        n, length = rows.pos.shape
+        out = torch.empty(n, length + (self.x.size(1) if rows.with_nodes else 0), dtype=torch.float64,
+                          device=self.val.device)
+        out[:, :length] = self.val.index_select(0, rows.pos.view(-1)).view(n, length)
+        if rows.valid is not None:
+            out[:, :length].masked_fill_(~rows.valid, 0.0)
+        if rows.with_nodes:
+            out[:, length:] = self.x[rows.nodes] * self.x_mask[rows.nodes]
+        return out
 
-    def write(self, nodes: Tensor, edges: Tensor, with_nodes: bool, values: Tensor) -> None:
-        """Inverse of :meth:`read` for the valid entries."""
-        pos, valid = self._index(edges)
-        ev = values[:, : pos[0].numel()].reshape(pos.shape)
-        self.val[pos[valid]] = ev[valid].to(self.val.dtype)
-        if with_nodes:
-            xv = values[:, pos[0].numel() :]
-            m = self.x_mask[nodes]
-            self.x[nodes] = torch.where(m, xv.to(self.x.dtype), self.x[nodes])
-
-    def width_of(self, edges: Tensor, with_nodes: bool) -> int:
-        return int(self._index(edges)[0][0].numel()) + (self.x.size(1) if with_nodes else 0)
+    def write(self, rows: _Rows, values: Tensor) -> None:
+        """Inverse of :meth:`read` for the valid entries (``values`` [n, F'] with F' ≥ F)."""
+        length = rows.pos.size(1)
+        ev = values[:, :length].to(self.val.dtype)
+        if rows.valid is None:
+            self.val.scatter_(0, rows.pos.view(-1), ev.reshape(-1))
+        else:
+            self.val.scatter_(0, rows.pos[rows.valid], ev[rows.valid])
+        if rows.with_nodes:
+            m = self.x_mask[rows.nodes]
+            xv = values[:, length : length + self.x.size(1)].to(self.x.dtype)
+            self.x[rows.nodes] = torch.where(m, xv, self.x[rows.nodes])
 
 
-def _stack(feat: _Features, blocks: _Blocks, edges_of: tuple[Tensor, Tensor, Tensor], with_nodes: bool
-           ) -> tuple[Tensor, Tensor, Tensor]:
-    """Xᵀ of every block: ``[B, F, d]`` (float64) with the node ids and incident edge ids used."""
-    d = blocks.d
-    nodes = (blocks.start.unsqueeze(1) + torch.arange(d, device=blocks.start.device)).reshape(-1)
-    edges = _gather_rows(nodes, *edges_of)
-    rows = feat.read(nodes, edges, with_nodes).to(torch.float64)  # [B·d, F]
-    xt = rows.view(blocks.start.numel(), d, -1).transpose(1, 2)
-    if xt.size(1) < d:  # fewer features than coordinates: pad with zero features
-        xt = torch.cat([xt, xt.new_zeros(xt.size(0), d - xt.size(1), d)], dim=1)
-    return xt, nodes, edges
+def _stack(feat: _Features, blocks: _Blocks, side: str, with_nodes: bool) -> tuple[Tensor, _Rows]:
+    """X of every block: ``[B, d, F]`` (float64; row i: the features of the block's node i) and its rows."""
+    nodes = (blocks.start.unsqueeze(1) + torch.arange(blocks.d, device=blocks.start.device)).reshape(-1)
+    rows = feat.rows(nodes, side, with_nodes)
+    return feat.read(rows).view(blocks.start.numel(), blocks.d, -1), rows
 
 
-def _balanced(at: Tensor, bt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """For Xᵀ = ``at`` [B, F1, d] and Yᵀ = ``bt`` [B, F2, d]: (X̂ᵀ, Ŷᵀ, κ_X, σ) with X̂ᵀŶ = XᵀY balanced,
-    X̂ = κ_X⁻¹-free form Σ^{1/2}(Q_x U)ᵀ, and κ_X [B, d, d] with κ_X X̂ = X (least squares if singular).
-    Signs: the entry of largest magnitude of every row of X̂ is positive."""
-    qx, rx = torch.linalg.qr(at)  # [B, F1, d], [B, d, d]
-    qy, ry = torch.linalg.qr(bt)
-    u, s, vh = torch.linalg.svd(rx @ ry.transpose(1, 2))
-    v = vh.transpose(1, 2)
+#: Largest bound ‖G‖_F^{1/2}·‖R⁻¹‖_F (≥ κ₂(X)) for which a head block X is triangularized through its
+#: Gram matrix G = XXᵀ = RᵀR (Cholesky; its error grows like κ₂(X)²·ε). Others, rank-deficient ones
+#: included, use Householder QR of Xᵀ.
+GRAM_MAX_COND = 1e3
+
+
+def _gram_factor(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Upper triangular R with RᵀR = XXᵀ (Cholesky) of every block X = ``x`` [B, d, F], R⁻¹, and whether
+    it is well enough conditioned (:data:`GRAM_MAX_COND`) to be used."""
+    gram = x @ x.transpose(1, 2)
+    low, info = torch.linalg.cholesky_ex(gram)
+    r = low.transpose(1, 2)
+    eye = torch.eye(x.size(1), dtype=x.dtype, device=x.device).expand_as(r)
+    r_inv = torch.linalg.solve_triangular(r, eye, upper=True)
+    cond = torch.linalg.matrix_norm(gram).sqrt() * torch.linalg.matrix_norm(r_inv)
+    return r, r_inv, (info == 0) & torch.isfinite(cond) & (cond <= GRAM_MAX_COND)
+
+
+@dataclass
+class _Factor:
+    """R [B, d, d] upper triangular with RᵀR = XXᵀ for blocks X [B, d, F]: R⁻¹ where the Gram route is
+    taken, and for the other blocks ``qr`` ([B] bool) Q of the Householder QR Xᵀ = QR (Xᵀ padded with
+    zero features to at least d rows), ``[#qr, max(F, d), d]``."""
+
+    r: Tensor
+    r_inv: Tensor
+    q: Tensor
+    qr: Tensor
+
+
+def _factor(x: Tensor) -> _Factor:
+    """The :class:`_Factor` of X = ``x`` [B, d, F]."""
+    r, r_inv, ok = _gram_factor(x)
+    qr = ~ok
+    if not bool(qr.any()):
+        return _Factor(r, r_inv, x.new_zeros(0, max(x.size(2), x.size(1)), x.size(1)), qr)
+    xt = x[qr].transpose(1, 2)
+    if xt.size(1) < xt.size(2):  # fewer features than coordinates: pad with zero features
+        xt = torch.cat([xt, xt.new_zeros(xt.size(0), xt.size(2) - xt.size(1), xt.size(2))], dim=1)
+    q, r_qr = torch.linalg.qr(xt)
+    r = torch.where(qr.view(-1, 1, 1), 0.0, r)  # no NaN of a failed Cholesky survives
+    r[qr] = r_qr
+    return _Factor(r, r_inv, q, qr)
+
+
+def _rotated(x: Tensor, f: _Factor, c: Tensor) -> Tensor:
+    """cᵀ R⁻ᵀ X (= (Q c)ᵀ) of every block X = ``x`` (``f = _factor(x)``; c [B, d, d]): ``[B, d, F]``."""
+    if not bool(f.qr.any()):
+        return (f.r_inv @ c).transpose(1, 2) @ x
+    out = torch.empty_like(x)
+    ok = ~f.qr
+    if bool(ok.any()):
+        out[ok] = (f.r_inv[ok] @ c[ok]).transpose(1, 2) @ x[ok]
+    out[f.qr] = (f.q @ c[f.qr]).transpose(1, 2)[:, :, : x.size(2)]
+    return out
+
+
+def _balanced(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For X = ``x`` [B, d, F1] and Y = ``y`` [B, d, F2]: (X̂, Ŷ, κ_X, σ) with X̂ᵀŶ = XᵀY balanced,
+    X̂ = Σ^{1/2}(Q_x U)ᵀ = Σ^{1/2} Uᵀ R_x⁻ᵀ X, and κ_X [B, d, d] with κ_X X̂ = X (least squares if
+    singular). Signs: the entry of largest magnitude of every row of X̂ is positive (the largest entry,
+    on an exact tie with the most negative one)."""
+    fx, fy = _factor(x), _factor(y)
+    u, s, vh = torch.linalg.svd(fx.r @ fy.r.transpose(1, 2))
     sq = s.sqrt()
-    xh = (qx @ u) * sq.unsqueeze(1)  # X̂ᵀ [B, F1, d]
-    idx = xh.abs().argmax(dim=1, keepdim=True)
-    sign = torch.where(xh.gather(1, idx) < 0, -1.0, 1.0).to(xh.dtype)  # [B, 1, d]
-    xh = xh * sign
-    yh = (qy @ v) * (sq * sign.squeeze(1)).unsqueeze(1)
+    xh = _rotated(x, fx, u * sq.unsqueeze(1))
+    lo, hi = torch.aminmax(xh, dim=2)
+    sign = torch.where(hi >= -lo, 1.0, -1.0).to(xh.dtype)  # [B, d]
+    xh.mul_(sign.unsqueeze(2))
+    yh = _rotated(y, fy, vh.transpose(1, 2) * (sq * sign).unsqueeze(1))
     inv_sq = torch.where(sq > 0, 1 / sq.clamp(min=1e-300), torch.zeros_like(sq))
-    kappa = rx.transpose(1, 2) @ (u * (sign.squeeze(1) * inv_sq).unsqueeze(1))  # R_xᵀ U S Σ^{+1/2}
+    kappa = fx.r.transpose(1, 2) @ (u * (sign * inv_sq).unsqueeze(1))  # R_xᵀ U S Σ^{+1/2}
     return xh, yh, kappa, s
 
 
@@ -457,10 +581,7 @@ def _canonical_heads(graph: ParameterGraph) -> tuple[Tensor, Tensor, dict[int, d
     matrices κ per (group → role → [H, d, d]) and the singular values of every block."""
     if not hasattr(graph, "gl_role") or not bool((graph.gl_role > 0).any()):
         return graph.x, graph.edge_val, {}, []
-    n = graph.num_nodes
-    ei = graph.edge_index
     feat = _Features(graph, graph.x.clone(), graph.edge_val.clone())
-    by_dst, by_src = _csr(ei[1], n), _csr(ei[0], n)
     kappas: dict[int, dict[int, Tensor]] = {}
     sigmas: list[Tensor] = []
 
@@ -473,37 +594,48 @@ def _canonical_heads(graph: ParameterGraph) -> tuple[Tensor, Tensor, dict[int, d
                 table[role] = torch.eye(blocks.d, dtype=torch.float64, device=graph.x.device).repeat(h, 1, 1)
             table[role][blocks.head[m]] = kappa[m]
 
+    def store(rows: _Rows, xh: Tensor) -> None:
+        feat.write(rows, xh.reshape(rows.nodes.numel(), -1))
+
+    bt = feat.bt
+    width = int((bt.per * bt.width.clamp(min=1)).max()) if bt.num_blocks else 1  # features per row, roughly
     # query / key: pair each query block with the key block of the same (group, head)
     kb = {b.d: b for b in _head_blocks(graph, int(GLRole.KEY))}
-    for q in _head_blocks(graph, int(GLRole.QUERY)):
-        if q.d not in kb:
+    for q_all in _head_blocks(graph, int(GLRole.QUERY)):
+        if q_all.d not in kb:
             continue
-        q, k = _pair_blocks(q, kb[q.d])
-        if q.start.numel() == 0:
-            continue
-        xt, qn, qe = _stack(feat, q, by_dst, True)
-        yt, kn, ke = _stack(feat, k, by_dst, True)
-        xh, yh, kappa, s = _balanced(xt, yt)
-        feat.write(qn, qe, True, _rows_of(xh, qn, qe, feat, True))
-        feat.write(kn, ke, True, _rows_of(yh, kn, ke, feat, True))
-        record(q, int(GLRole.QUERY), kappa)
-        sigmas.append(s.flatten())
+        for q, k in _chunks(*_pair_blocks(q_all, kb[q_all.d]), width=width):
+            x, q_rows = _stack(feat, q, "dst", True)
+            y, k_rows = _stack(feat, k, "dst", True)
+            xh, yh, kappa, s = _balanced(x, y)
+            store(q_rows, xh)
+            store(k_rows, yh)
+            record(q, int(GLRole.QUERY), kappa)
+            sigmas.append(s.flatten())
     # value / output: M = W_O^h [W_V^h | b_V^h]; the left factor is the out rows (E ↦ E B^{-1})
-    for v in _head_blocks(graph, int(GLRole.VALUE)):
-        xt, vn, ve = _stack(feat, v, by_dst, True)
-        ot, _, oe = _stack(feat, v, by_src, False)
-        xh, oh, kappa, s = _balanced(xt, ot)
-        feat.write(vn, ve, True, _rows_of(xh, vn, ve, feat, True))
-        feat.write(vn, oe, False, _rows_of(oh, vn, oe, feat, False))
-        record(v, int(GLRole.VALUE), kappa)
-        sigmas.append(s.flatten())
+    for v_all in _head_blocks(graph, int(GLRole.VALUE)):
+        for (v,) in _chunks(v_all, width=width):
+            x, v_rows = _stack(feat, v, "dst", True)
+            o, o_rows = _stack(feat, v, "src", False)
+            xh, oh, kappa, s = _balanced(x, o)
+            store(v_rows, xh)
+            store(o_rows, oh)
+            record(v, int(GLRole.VALUE), kappa)
+            sigmas.append(s.flatten())
     return feat.x, feat.val, kappas, sigmas
 
 
-def _rows_of(xt: Tensor, nodes: Tensor, edges: Tensor, feat: _Features, with_nodes: bool) -> Tensor:
-    """Per-node feature rows ``[len(nodes), F]`` of block matrices Xᵀ ``[B, F', d]`` (F' ≥ F: padding
-    features of :func:`_stack` dropped)."""
-    return xt.transpose(1, 2).reshape(nodes.numel(), -1)[:, : feat.width_of(edges, with_nodes)]
+#: Values of one side of the head blocks processed at once (about): bounds the float64 temporaries, so
+#: that they stay small and their memory is reused from chunk to chunk.
+HEAD_CHUNK = 1 << 20
+
+
+def _chunks(*blocks: _Blocks, width: int) -> Iterator[tuple[_Blocks, ...]]:
+    """Consecutive slices of aligned block lists (the same slice of each), at least one block and about
+    :data:`HEAD_CHUNK` values (``width`` per node) per slice."""
+    n = max(1, HEAD_CHUNK // (blocks[0].d * max(width, 1)))
+    for i in range(0, blocks[0].start.numel(), n):
+        yield tuple(_Blocks(b.start[i : i + n], b.group[i : i + n], b.head[i : i + n], b.d) for b in blocks)
 
 
 # ----------------------------------------------------------------------------------- API
