@@ -128,6 +128,7 @@ def test_augmentation_keeps_each_models_recorded_accuracy(cnn_zoo: Path, tmp_pat
     assert dm.on_after_batch_transfer(batch, 0) is batch
 
 
+@pytest.mark.slow
 def test_mixed_mlp_zoo_batches_and_inr_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(MLPFamily, "checkpoint_steps", (0, 5, 20))  # short: the batching is tested, not accuracy
     generate_zoo("mlp", tmp_path / "mlp", 8, seed=1, progress=False)
@@ -149,6 +150,7 @@ def test_mixed_mlp_zoo_batches_and_inr_labels(tmp_path: Path, monkeypatch: pytes
     assert batch.y.dtype == torch.long and batch.y.tolist() == [labels[int(i)] for i in batch.zoo_id]
 
 
+@pytest.mark.slow
 def test_transformer_zoo_graphs_and_gl_augmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The training augmentation of transformer graphs (head permutations and per-head GL matrices):
     checked in float64 (rtol 1e-10) on float64 copies of the zoo's networks, and the query weights

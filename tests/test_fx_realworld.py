@@ -86,7 +86,13 @@ def test_real_net_converts_exactly(name: str) -> None:
         assert torch.equal(g.to_module(template=module)(x), module(x))
 
 
-@pytest.mark.parametrize("name", sorted(REAL_NETS))
+#: one of each kind in the fast loop (residual, inverted residual + depthwise, squeeze-excitation, grouped);
+#: every net in the full suite
+_FAST_NETS = {"resnet_basic", "mobilenet_v2", "efficientnet_timm_se", "resnext"}
+
+
+@pytest.mark.parametrize("name", [n if n in _FAST_NETS else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(REAL_NETS)])
 def test_real_net_group_elements_keep_the_function(name: str) -> None:
     module, x = make_real(name)
     check_elements(module, x, qegraph.to_graph(module))

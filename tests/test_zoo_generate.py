@@ -152,6 +152,7 @@ def test_inr_zoo_fits_the_images(tmp_path: Path) -> None:
         assert ((pred - target) ** 2).mean().item() == pytest.approx(row["mse"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_transformer_zoo_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(TransformerFamily, "checkpoint_steps", (0, 10))
     generate_zoo("transformer", tmp_path / "z", 4, seed=0, progress=False)
