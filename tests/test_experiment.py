@@ -75,3 +75,27 @@ def test_unknown_names(tmp_path: Path, no_zoo: None) -> None:
         exp_mod.run_experiment("nope", tmp_path)
     with pytest.raises(QegraphError, match="unknown model"):
         exp_mod.run_experiment("transformer_generalization", tmp_path, models=["StatNN"])
+
+
+def test_best_validation_state_restores_the_best_finite_epoch() -> None:
+    """run_job tests the epoch with the best validation metric: later worse or NaN epochs do not replace it."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    from qegraph.tasks.best_state import BestValidationState
+
+    net = nn.Linear(3, 2)
+    cb = BestValidationState("val/kendall_tau")
+    cb.restore(net)  # nothing seen yet: a no-op
+    states = {}
+    for epoch, value in enumerate([0.2, 0.5, float("nan"), 0.4]):
+        with torch.no_grad():
+            net.weight.fill_(float(epoch))
+        states[epoch] = net.weight.clone()
+        cb.on_validation_end(SimpleNamespace(callback_metrics={"val/kendall_tau": torch.tensor(value)},
+                                             current_epoch=epoch), net)
+    assert (cb.epoch, cb.score) == (1, 0.5)
+    cb.restore(net)
+    assert torch.equal(net.weight, states[1])

@@ -597,6 +597,14 @@ def _canonical_heads(graph: ParameterGraph) -> tuple[Tensor, Tensor, dict[int, d
     def store(rows: _Rows, xh: Tensor) -> None:
         feat.write(rows, xh.reshape(rows.nodes.numel(), -1))
 
+    def balance(left: tuple[Tensor, _Rows], right: tuple[Tensor, _Rows], blocks: _Blocks, role: int) -> None:
+        """Balance the pairs (X, Y) of ``blocks``, write X̂ and Ŷ back and record κ and σ."""
+        xh, yh, kappa, s = _balanced(left[0], right[0])
+        store(left[1], xh)
+        store(right[1], yh)
+        record(blocks, role, kappa)
+        sigmas.append(s.flatten())
+
     bt = feat.bt
     width = int((bt.per * bt.width.clamp(min=1)).max()) if bt.num_blocks else 1  # features per row, roughly
     # query / key: pair each query block with the key block of the same (group, head)
@@ -605,23 +613,11 @@ def _canonical_heads(graph: ParameterGraph) -> tuple[Tensor, Tensor, dict[int, d
         if q_all.d not in kb:
             continue
         for q, k in _chunks(*_pair_blocks(q_all, kb[q_all.d]), width=width):
-            x, q_rows = _stack(feat, q, "dst", True)
-            y, k_rows = _stack(feat, k, "dst", True)
-            xh, yh, kappa, s = _balanced(x, y)
-            store(q_rows, xh)
-            store(k_rows, yh)
-            record(q, int(GLRole.QUERY), kappa)
-            sigmas.append(s.flatten())
+            balance(_stack(feat, q, "dst", True), _stack(feat, k, "dst", True), q, int(GLRole.QUERY))
     # value / output: M = W_O^h [W_V^h | b_V^h]; the left factor is the out rows (E ↦ E B^{-1})
     for v_all in _head_blocks(graph, int(GLRole.VALUE)):
         for (v,) in _chunks(v_all, width=width):
-            x, v_rows = _stack(feat, v, "dst", True)
-            o, o_rows = _stack(feat, v, "src", False)
-            xh, oh, kappa, s = _balanced(x, o)
-            store(v_rows, xh)
-            store(o_rows, oh)
-            record(v, int(GLRole.VALUE), kappa)
-            sigmas.append(s.flatten())
+            balance(_stack(feat, v, "dst", True), _stack(feat, v, "src", False), v, int(GLRole.VALUE))
     return feat.x, feat.val, kappas, sigmas
 
 

@@ -109,34 +109,6 @@ EXPERIMENTS: dict[str, Experiment] = {
 }
 
 
-def _best_state_callback() -> type:
-    import lightning as L
-
-    class _BestValidationState(L.Callback):
-        """Keeps (in memory) the model state of the epoch with the best validation metric."""
-
-        def __init__(self, monitor: str) -> None:
-            self.monitor, self.score, self.state, self.epoch = monitor, -math.inf, None, -1
-
-        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-            value = trainer.callback_metrics.get(self.monitor)
-            if value is not None and math.isfinite(float(value)) and float(value) > self.score:
-                self.score, self.epoch = float(value), trainer.current_epoch
-                self.state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
-                              for k, v in pl_module.state_dict().items()}
-
-        def restore(self, pl_module: Any) -> None:
-            if self.state is not None:
-                pl_module.load_state_dict(self.state)
-
-    return _BestValidationState
-
-
-def BestValidationState(monitor: str) -> Any:  # noqa: N802  (Lightning is imported lazily)
-    """A Lightning callback keeping the model state of the best validation epoch; ``.restore(module)``."""
-    return _best_state_callback()(monitor)
-
-
 def _import(path: str) -> Callable[..., Any]:
     mod, _, name = path.rpartition(".")
     return getattr(__import__(mod, fromlist=[name]), name)
@@ -151,6 +123,7 @@ def run_job(exp_name: str, zoo_dir: str, model: str, seed: int, train_k: float |
     from qegraph.data import ZooDataModule
     from qegraph.data.augment import augment
     from qegraph.tasks import GeneralizationPrediction, INRClassification
+    from qegraph.tasks.best_state import BestValidationState
 
     torch.set_num_threads(1)
     exp = EXPERIMENTS[exp_name]
