@@ -321,3 +321,31 @@ def test_cli_canonicalize_and_inspect(tmp_path, capsys) -> None:
     # a canonical graph is refused with one line, exit code 2, no output file
     assert main(["canonicalize", str(out), "-o", str(tmp_path / "again.qeg")]) == 2
     assert "already canonical" in capsys.readouterr().err and not (tmp_path / "again.qeg").exists()
+
+
+def test_gram_and_qr_routes_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Head blocks conditioned well enough are balanced through the Cholesky factor of their Gram matrix,
+    the others through Householder QR; both give the same section, also in one batch mixing the two (a GL
+    element of condition 1e5 pushes the second graph's heads past ``GRAM_MAX_COND``)."""
+    import qegraph.symmetry.canonical as can
+
+    g0 = _graph("transformer")
+    g = g0.with_features(x=g0.x.double(), edge_val=g0.edge_val.double())
+    el = symmetry_group(g).sample(generator=torch.Generator().manual_seed(0), scale_range=(1.0, 1.0), gl_cond=1e5)
+    batch = Batch.from_data_list([g, el.act(g)])
+    routes: list[Tensor] = []
+    gram_factor = can._gram_factor
+
+    def recording(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = gram_factor(x)
+        routes.append(out[2])
+        return out
+
+    monkeypatch.setattr(can, "_gram_factor", recording)
+    mixed, gauge = canonicalize(batch)
+    used = torch.cat(routes)
+    assert bool(used.any()) and bool((~used).any()), "the batch should take both routes"
+    monkeypatch.setattr(can, "GRAM_MAX_COND", 0.0)  # every block through QR
+    qr_only, _ = canonicalize(batch)
+    assert _rel(_params(qr_only), _params(mixed)) <= 1e-10
+    assert _rel(_params(batch), _params(gauge.act(mixed))) <= 1e-12
