@@ -349,3 +349,17 @@ def test_gram_and_qr_routes_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     qr_only, _ = canonicalize(batch)
     assert _rel(_params(qr_only), _params(mixed)) <= 1e-10
     assert _rel(_params(batch), _params(gauge.act(mixed))) <= 1e-12
+
+
+def test_uniform_and_general_row_positions_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Head rows found by the arithmetic fast path (one weight row / column per node) and by the general
+    per-edge path (any block layout) give bit-identical sections."""
+    import qegraph.symmetry.canonical as can
+
+    batch = Batch.from_data_list([_graph("transformer"), _graph("transformer")])
+    fast, _ = canonicalize(batch)
+    assert can._uniform_positions(batch.block_table, torch.nonzero(batch.gl_role > 0).flatten()[:4], "dst") \
+        is not None, "the fast path should apply to attention projections"
+    monkeypatch.setattr(can, "_uniform_positions", lambda *args: None)
+    general, _ = canonicalize(batch)
+    assert torch.equal(fast.edge_val, general.edge_val) and torch.equal(fast.x, general.x)
