@@ -351,15 +351,70 @@ def test_gram_and_qr_routes_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _rel(_params(batch), _params(gauge.act(mixed))) <= 1e-12
 
 
-def test_uniform_and_general_row_positions_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Head rows found by the arithmetic fast path (one weight row / column per node) and by the general
-    per-edge path (any block layout) give bit-identical sections."""
+def test_strided_uniform_and_general_head_rows_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Head rows read as one strided view of ``edge_val`` (a weight matrix's heads), through arithmetic
+    positions (one weight row / column per node) and through the general per-edge path (any block
+    layout) give bit-identical sections."""
     import qegraph.symmetry.canonical as can
 
     batch = Batch.from_data_list([_graph("transformer"), _graph("transformer")])
-    fast, _ = canonicalize(batch)
-    assert can._uniform_positions(batch.block_table, torch.nonzero(batch.gl_role > 0).flatten()[:4], "dst") \
-        is not None, "the fast path should apply to attention projections"
+    routes: list[str] = []
+    rows = can._Features.rows
+
+    def recording(self: can._Features, *args: object) -> can._Rows:
+        out = rows(self, *args)
+        routes.append("strided" if out.strided is not None else "positions" if out.valid is None else "general")
+        return out
+
+    monkeypatch.setattr(can._Features, "rows", recording)
+    strided, _ = canonicalize(batch)
+    assert set(routes) == {"strided"}, routes
+    monkeypatch.setattr(can._Uniform, "view", lambda *args: None)
+    routes.clear()
+    positions, _ = canonicalize(batch)
+    assert set(routes) == {"positions"}, routes
     monkeypatch.setattr(can, "_uniform_positions", lambda *args: None)
+    routes.clear()
     general, _ = canonicalize(batch)
-    assert torch.equal(fast.edge_val, general.edge_val) and torch.equal(fast.x, general.x)
+    assert set(routes) == {"general"}, routes
+    for other in (positions, general):
+        assert torch.equal(strided.edge_val, other.edge_val) and torch.equal(strided.x, other.x)
+
+
+def test_head_chunks_within_a_layer_and_svd_routes_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks that split a layer's heads (their rows then are no dense range of edge_val and are written
+    after the copy of the rest) give the same section bit for bit; SVDs through ``eigh`` of MᵀM (well
+    conditioned heads) and through LAPACK agree to float64 round-off."""
+    import qegraph.symmetry.canonical as can
+
+    g0 = _graph("transformer")
+    g = g0.with_features(x=g0.x.double(), edge_val=g0.edge_val.double())
+    base, _ = canonicalize(g)
+    dense: list[int] = []
+    finish = can._Features.finish
+
+    def recording(self: can._Features) -> tuple[Tensor, Tensor]:
+        dense.append(len(self.deferred))
+        return finish(self)
+
+    monkeypatch.setattr(can._Features, "finish", recording)
+    monkeypatch.setattr(can, "HEAD_CHUNK", 1)  # one head per chunk
+    split, gauge = canonicalize(g)
+    assert dense and dense[-1] > 0, "split chunks should take the deferred path"
+    assert torch.equal(base.edge_val, split.edge_val) and torch.equal(base.x, split.x)
+    assert _rel(_params(g), _params(gauge.act(split))) <= 1e-12
+    monkeypatch.setattr(can, "EIGH_MAX_COND", 0.0)  # every head through torch.linalg.svd
+    lapack, _ = canonicalize(g)
+    assert _rel(_params(base), _params(lapack)) <= 1e-10
+
+
+def test_float32_graph_is_balanced_to_float32_round_off() -> None:
+    """A float32 graph (head transforms applied in float32) has the section of its float64 copy, rounded."""
+    g = _graph("transformer")
+    g32 = g.with_features(x=g.x.float(), edge_val=g.edge_val.float())
+    g64 = g32.with_features(x=g32.x.double(), edge_val=g32.edge_val.double())
+    c32, _ = canonicalize(g32)
+    c64, _ = canonicalize(g64)
+    assert c32.edge_val.dtype == torch.float32
+    err = _rel(_params(c64), _params(c32).double())
+    assert 0 < err <= 1e-6

@@ -26,7 +26,7 @@ def _fake_job(calls: list[tuple[Any, ...]], fail: str | None = None):
         if model == fail:
             raise RuntimeError("out of memory")
         base = 0.5 + 0.1 * MODELS.index(model) + 0.01 * seed
-        return {"model": model, "seed": seed, "train_k": train_k, "params": 7, "test_none": base + 0.1,
+        return {"model": model, "seed": seed, "train_k": train_k, "params": 7, "test_none": base + 0.1, "best_val": base,
                 **{f"test_k{k:g}": base - 0.001 * k for k in test_ks}}
 
     return run_job
@@ -44,7 +44,7 @@ def test_grid_tables_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 models=MODELS, command="qegraph experiment cnn_generalization")
     assert len(calls) == 2 * 3 * 2  # (plain + one augmented k) × seeds × models
     with open(tmp_path / "results.csv") as f:
-        rows = {(r["model"], r["train"], r["test_k"] if r["test_k"] == "none" else float(r["test_k"])): r
+        rows = {(r["model"], r["train"], r["test_k"] if r["test_k"] in ("none", "val") else float(r["test_k"])): r
                 for r in csv.DictReader(f)}
     strict = rows[("StrictGMN", "plain", 2.0)]
     assert float(strict["mean"]) == pytest.approx(0.6 + 0.01 - 0.002)  # seeds 0, 1, 2 → mean offset 0.01
@@ -52,9 +52,10 @@ def test_grid_tables_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert int(strict["n"]) == 3
     assert float(rows[("StrictGMN", "plain", "none")]["mean"]) == pytest.approx(0.71)
     assert ("QuasiGMN", "augmented", 2.0) in rows and ("QuasiGMN", "augmented", 0.0) not in rows
-    assert "| model | params | train | no action | k=0 | k=2 |" in md
-    assert "| StrictGMN | 7 | plain | 0.710 ± 0.010 | 0.610 ± 0.010 | 0.608 ± 0.010 |" in md
-    assert "| StrictGMN | 7 | augmented (k) | — | — | 0.608 ± 0.010 |" in md
+    assert float(rows[("StrictGMN", "plain", "val")]["mean"]) == pytest.approx(0.61)  # best validation score
+    assert "| model | params | train | val (best epoch) | no action | k=0 | k=2 |" in md
+    assert "| StrictGMN | 7 | plain | 0.610 ± 0.010 | 0.710 ± 0.010 | 0.610 ± 0.010 | 0.608 ± 0.010 |" in md
+    assert "| StrictGMN | 7 | augmented (k) | — | — | — | 0.608 ± 0.010 |" in md
     assert (tmp_path / "results.png").stat().st_size > 0
     calls.clear()
     exp_mod.run_experiment("cnn_generalization", tmp_path, seeds=3, test_ks=[0, 2], train_ks=[2], models=MODELS)
@@ -99,3 +100,12 @@ def test_best_validation_state_restores_the_best_finite_epoch() -> None:
     assert (cb.epoch, cb.score) == (1, 0.5)
     cb.restore(net)
     assert torch.equal(net.weight, states[1])
+
+
+def test_training_options_apply_model_overrides_then_the_epochs_flag() -> None:
+    base = exp_mod.training_options("cnn_search_small", "base (hidden 64, 3 layers, lr 3e-3)")
+    assert base == {"lr": 3e-3, "weight_decay": 0.0, "epochs": 15}
+    assert exp_mod.training_options("cnn_search_small", "weight decay 0.1")["weight_decay"] == 0.1
+    assert exp_mod.training_options("cnn_search_small", "lr 1e-3")["lr"] == 1e-3
+    assert exp_mod.training_options("cnn_search_small", "30 epochs")["epochs"] == 30
+    assert exp_mod.training_options("cnn_search_small", "30 epochs", epochs=5)["epochs"] == 5

@@ -48,7 +48,8 @@ canonical form that still computes the same function, but the rotation inside a 
 value is arbitrary, and for a rank-deficient head the gauge κ is only the least-squares map (κ·θ̂ ≠ θ
 in the directions the function does not read).
 
-Computation is in float64 and the result is cast back to the graph's dtype.
+Factorizations (Gram matrices, Cholesky, QR, SVD, Newton) are in float64; the d×d head transforms are
+applied in the graph's dtype (for float32, their rounding matches that of the float32 input itself).
 """
 
 from __future__ import annotations
@@ -365,22 +366,53 @@ def _pair_blocks(q: _Blocks, k: _Blocks) -> tuple[_Blocks, _Blocks]:
             _Blocks(k.start[ki], k.group[ki], k.head[ki], k.d))
 
 
-def _uniform_positions(bt: BlockTable, nodes: Tensor, side: str) -> Tensor | None:
-    """The value positions of :func:`_value_positions` when every node lies in exactly one block with
+@dataclass
+class _Uniform:
+    """Every node's values are ``first[n] + (j·step + i)`` for j < ``deg``, i < ``width``."""
+
+    first: Tensor  # [n]
+    deg: int
+    width: int
+    step: int
+
+    def positions(self) -> Tensor:
+        """``[n, deg·width]`` value positions."""
+        dev = self.first.device
+        pattern = (torch.arange(self.deg, device=dev).unsqueeze(1) * self.step
+                   + torch.arange(self.width, device=dev)).reshape(-1)
+        return self.first.unsqueeze(1) + pattern
+
+    def view(self, shape: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...], int] | None:
+        """``(size, stride, offset)`` of one strided ``[B, d, deg, width]`` array holding the values of
+        the nodes arranged as ``shape`` = (B, d), when ``first`` is affine in (block, row); else ``None``.
+        (The arrays of distinct nodes never overlap: every value belongs to one node on a side.)"""
+        f = self.first.view(shape)
+        sb = int(f[1, 0] - f[0, 0]) if shape[0] > 1 else 0
+        si = int(f[0, 1] - f[0, 0]) if shape[1] > 1 else 0
+        ar = lambda m: torch.arange(m, device=f.device)  # noqa: E731
+        if sb < 0 or si < 0 or not torch.equal(f, f[0, 0] + ar(shape[0]).unsqueeze(1) * sb + ar(shape[1]) * si):
+            return None  # (as_strided takes no negative strides)
+        return (*shape, self.deg, self.width), (sb, si, self.step, 1), int(f[0, 0])
+
+
+def _uniform_positions(bt: BlockTable, nodes: Tensor, side: str) -> _Uniform | None:
+    """The value positions of :func:`_value_positions` (validity aside) when every node lies in exactly one block with
     values (on ``side``; parameter-free blocks hold none) and all of them have the same degree, width and
     stride (attention projections: a row, or a column, of one weight matrix): ``first[n] + pattern``, no
     per-edge arithmetic. ``None`` otherwise.
 
     In block b, target t_b + o holds the values v_b + (o·p + [0, p))·w (contiguous); source
     s_b + g·p + i holds v_b + ((g·r + j)·p + i)·w + [0, w), j ∈ [0, r) (stride p·w)."""
-    dev = nodes.device
     lo, cnt = (bt.dst, bt.ndst) if side == "dst" else (bt.src, bt.nsrc)
-    rel = nodes.unsqueeze(1) - lo.unsqueeze(0)  # [n, B]
-    inside = (rel >= 0) & (rel < cnt.unsqueeze(0)) & ((bt.size > 0) & (bt.width > 0)).unsqueeze(0)
+    lo_n, hi_n = torch.aminmax(nodes)
+    cand = torch.nonzero((lo <= hi_n) & (lo + cnt > lo_n) & (bt.size > 0) & (bt.width > 0)).flatten()  # [B']
+    rel = nodes.unsqueeze(1) - lo[cand].unsqueeze(0)  # [n, B']
+    inside = (rel >= 0) & (rel < cnt[cand].unsqueeze(0))
     if not bool((inside.sum(1) == 1).all()):
         return None
-    blk = inside.to(torch.uint8).argmax(1)
-    r = rel.gather(1, blk.unsqueeze(1)).squeeze(1)
+    pick = inside.to(torch.uint8).argmax(1)
+    blk = cand[pick]
+    r = rel.gather(1, pick.unsqueeze(1)).squeeze(1)
     per, rpg, w = bt.per[blk], bt.rpg[blk], bt.width[blk]
     deg, step = (per, w) if side == "dst" else (rpg, per * w)
     key = torch.stack([deg, w, step])
@@ -392,8 +424,7 @@ def _uniform_positions(bt: BlockTable, nodes: Tensor, side: str) -> Tensor | Non
         g = torch.div(r, per, rounding_mode="floor")
         first = bt.voff[blk] + (g * rpg * per + r - g * per) * w
     d0, w0, s0 = (int(v) for v in key[:, 0])
-    pattern = (torch.arange(d0, device=dev).unsqueeze(1) * s0 + torch.arange(w0, device=dev)).reshape(-1)
-    return first.unsqueeze(1) + pattern
+    return _Uniform(first, d0, w0, s0)
 
 
 def _incident(bt: BlockTable, nodes: Tensor, side: str) -> tuple[Tensor, Tensor]:
@@ -427,14 +458,10 @@ def _incident(bt: BlockTable, nodes: Tensor, side: str) -> tuple[Tensor, Tensor]
     return torch.where(j < deg, edge, -1), blk
 
 
-def _value_positions(bt: BlockTable, nodes: Tensor, side: str) -> tuple[Tensor, Tensor | None]:
+def _value_positions(bt: BlockTable, nodes: Tensor, side: str) -> tuple[Tensor, Tensor]:
     """``[len(nodes), L]`` positions in ``edge_val`` of the values of the edges entering (``"dst"``) or
     leaving (``"src"``) every node (edges in id order, each edge's slots in order, padded to the largest
-    width and degree) and their validity (``None``: all valid; invalid positions are 0)."""
-    if nodes.numel() > 0 and bt.num_blocks > 0:
-        pos = _uniform_positions(bt, nodes, side)
-        if pos is not None:
-            return pos, None
+    width and degree) and their validity (invalid positions are 0), for any block layout."""
     edges, blk = _incident(bt, nodes, side)
     width = bt.width[blk]
     w = max(1, int(width.max())) if width.numel() else 1
@@ -446,59 +473,117 @@ def _value_positions(bt: BlockTable, nodes: Tensor, side: str) -> tuple[Tensor, 
 
 @dataclass
 class _Rows:
-    """The feature rows of some head nodes: the value positions (and validity) of their incident edges'
-    values and whether their node columns follow."""
+    """The feature rows of some head nodes: where their incident edges' values lie in ``edge_val``
+    (one strided array, or positions and validity) and whether their node columns follow."""
 
     nodes: Tensor
-    pos: Tensor  # [n, L]
-    valid: Tensor | None  # [n, L]; None: all valid
-    with_nodes: bool
+    length: int  # L: values per row
+    pos: Tensor | None = None  # [n, L]; None: ``strided`` holds the values
+    valid: Tensor | None = None  # [n, L]; None: all valid
+    strided: tuple[tuple[int, ...], tuple[int, ...], int] | None = None  # as_strided (size, stride, offset)
+    with_nodes: bool = False
 
 
 class _Features:
-    """Read/write the rows of head blocks as dense float64 matrices: incident edges' values (from the
-    ragged ``edge_val``) and node columns."""
+    """Read the rows of head blocks from a graph's (x, edge_val) as dense matrices (incident edges' values
+    from the ragged ``edge_val``, then node columns) and write balanced rows into new tables.
 
-    def __init__(self, graph: ParameterGraph, x: Tensor, edge_val: Tensor) -> None:
+    Every value belongs to at most one written row (one side of one head node), and values are read from
+    the input, so the output ``edge_val`` is never a full copy first: rows that are one dense range of
+    ``edge_val`` are written in place, everything else is copied from the input by :meth:`finish`, after
+    which the rows of other layouts are scattered."""
+
+    def __init__(self, graph: ParameterGraph) -> None:
         self.bt = graph.block_table
-        self.x, self.x_mask, self.val = x, graph.x_mask, edge_val
+        self.x, self.x_mask, self.src = graph.x.clone(), graph.x_mask, graph.edge_val
+        self.val = torch.empty_like(self.src)
+        self.dense: list[tuple[int, int]] = []  # written ranges [start, end) of val
+        self.deferred: list[tuple[_Rows, Tensor]] = []
 
-    def rows(self, nodes: Tensor, side: str, with_nodes: bool) -> _Rows:
-        """The rows of ``nodes`` with the edges of ``side`` (see :func:`_value_positions`)."""
-        return _Rows(nodes, *_value_positions(self.bt, nodes, side), with_nodes)
+    def rows(self, nodes: Tensor, shape: tuple[int, int], side: str, with_nodes: bool) -> _Rows:
+        """The rows of ``nodes`` (arranged as ``shape`` = (blocks, d)) with the edges of ``side``: one
+        strided view of ``edge_val`` when the layout allows it (attention projections of one weight
+        matrix), else value positions (see :func:`_value_positions`)."""
+        if nodes.numel() > 0 and self.bt.num_blocks > 0:
+            uniform = _uniform_positions(self.bt, nodes, side)
+            if uniform is not None:
+                length = uniform.deg * uniform.width
+                strided = uniform.view(shape)
+                if strided is not None:
+                    return _Rows(nodes, length, strided=strided, with_nodes=with_nodes)
+                return _Rows(nodes, length, pos=uniform.positions(), with_nodes=with_nodes)
+        pos, valid = _value_positions(self.bt, nodes, side)
+        return _Rows(nodes, pos.size(1), pos=pos, valid=valid, with_nodes=with_nodes)
+
+    @staticmethod
+    def _view(val: Tensor, rows: _Rows) -> Tensor:
+        size, stride, offset = rows.strided  # type: ignore[misc]
+        return val.as_strided(size, stride, val.storage_offset() + offset)
 
     def read(self, rows: _Rows) -> Tensor:
-        """``[n, F]`` float64: per node its incident edges' values, then (``with_nodes``) its node
-        columns; zeros where invalid."""
-        n, length = rows.pos.shape
-        out = torch.empty(n, length + (self.x.size(1) if rows.with_nodes else 0), dtype=torch.float64,
-                          device=self.val.device)
-        out[:, :length] = self.val.index_select(0, rows.pos.view(-1)).view(n, length)
-        if rows.valid is not None:
-            out[:, :length].masked_fill_(~rows.valid, 0.0)
+        """``[n, F]`` in the dtype of ``edge_val``: per node its incident edges' values, then
+        (``with_nodes``) its node columns; zeros where invalid."""
+        n, length = rows.nodes.numel(), rows.length
+        out = torch.empty(n, length + (self.x.size(1) if rows.with_nodes else 0), dtype=self.src.dtype,
+                          device=self.src.device)
+        if rows.pos is None:
+            view = self._view(self.src, rows)
+            out.view(view.shape[:2] + (-1,))[:, :, :length].view(view.shape).copy_(view)
+        else:
+            out[:, :length] = self.src.index_select(0, rows.pos.view(-1)).view(n, length)
+            if rows.valid is not None:
+                out[:, :length].masked_fill_(~rows.valid, 0.0)
         if rows.with_nodes:
             out[:, length:] = self.x[rows.nodes] * self.x_mask[rows.nodes]
         return out
 
     def write(self, rows: _Rows, values: Tensor) -> None:
-        """Inverse of :meth:`read` for the valid entries (``values`` [n, F'] with F' ≥ F)."""
-        length = rows.pos.size(1)
-        ev = values[:, :length].to(self.val.dtype)
-        if rows.valid is None:
-            self.val.scatter_(0, rows.pos.view(-1), ev.reshape(-1))
-        else:
-            self.val.scatter_(0, rows.pos[rows.valid], ev[rows.valid])
+        """Inverse of :meth:`read` for the valid entries (``values`` [n, F'] with F' ≥ F), into the new
+        tables."""
+        length = rows.length
         if rows.with_nodes:
             m = self.x_mask[rows.nodes]
             xv = values[:, length : length + self.x.size(1)].to(self.x.dtype)
             self.x[rows.nodes] = torch.where(m, xv, self.x[rows.nodes])
+        if rows.pos is None:
+            size, stride, offset = rows.strided  # type: ignore[misc]
+            extent = 1 + sum((a - 1) * b for a, b in zip(size, stride))
+            if extent == rows.nodes.numel() * length:  # distinct values filling [offset, offset + extent)
+                view = self._view(self.val, rows)
+                view.copy_(values.view(view.shape[:2] + (-1,))[:, :, :length].view(view.shape))
+                self.dense.append((offset, offset + extent))
+                return
+        self.deferred.append((rows, values[:, :length].to(self.val.dtype)))
+
+    def finish(self) -> tuple[Tensor, Tensor]:
+        """The new (x, edge_val): values no dense row wrote are copied from the input, then the other rows
+        are written."""
+        end = 0
+        for lo, hi in sorted(self.dense) + [(self.src.numel(), self.src.numel())]:
+            if lo < end:
+                raise QegraphError("canonicalize: two head blocks write the same values of edge_val (a "
+                                   "graph whose attention heads share parameters is not supported)")
+            if lo > end:
+                self.val[end:lo].copy_(self.src[end:lo])
+            end = hi
+        for rows, ev in self.deferred:
+            if rows.pos is None:
+                view = self._view(self.val, rows)
+                view.copy_(ev.view(view.shape))
+            elif rows.valid is None:
+                self.val.scatter_(0, rows.pos.view(-1), ev.reshape(-1))
+            else:
+                self.val.scatter_(0, rows.pos[rows.valid], ev[rows.valid])
+        return self.x, self.val
 
 
 def _stack(feat: _Features, blocks: _Blocks, side: str, with_nodes: bool) -> tuple[Tensor, _Rows]:
-    """X of every block: ``[B, d, F]`` (float64; row i: the features of the block's node i) and its rows."""
+    """X of every block: ``[B, d, F]`` (the graph's dtype; row i: the features of the block's node i) and
+    its rows."""
+    shape = (blocks.start.numel(), blocks.d)
     nodes = (blocks.start.unsqueeze(1) + torch.arange(blocks.d, device=blocks.start.device)).reshape(-1)
-    rows = feat.rows(nodes, side, with_nodes)
-    return feat.read(rows).view(blocks.start.numel(), blocks.d, -1), rows
+    rows = feat.rows(nodes, shape, side, with_nodes)
+    return feat.read(rows).view(*shape, -1), rows
 
 
 #: Largest bound ‖G‖_F^{1/2}·‖R⁻¹‖_F (≥ κ₂(X)) for which a head block X is triangularized through its
@@ -508,8 +593,9 @@ GRAM_MAX_COND = 1e3
 
 
 def _gram_factor(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Upper triangular R with RᵀR = XXᵀ (Cholesky) of every block X = ``x`` [B, d, F], R⁻¹, and whether
-    it is well enough conditioned (:data:`GRAM_MAX_COND`) to be used."""
+    """Upper triangular R with RᵀR = XXᵀ (Cholesky, float64) of every block X = ``x`` [B, d, F], R⁻¹, and
+    whether it is well enough conditioned (:data:`GRAM_MAX_COND`) to be used."""
+    x = x.double()
     gram = x @ x.transpose(1, 2)
     low, info = torch.linalg.cholesky_ex(gram)
     r = low.transpose(1, 2)
@@ -523,7 +609,7 @@ def _gram_factor(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 class _Factor:
     """R [B, d, d] upper triangular with RᵀR = XXᵀ for blocks X [B, d, F]: R⁻¹ where the Gram route is
     taken, and for the other blocks ``qr`` ([B] bool) Q of the Householder QR Xᵀ = QR (Xᵀ padded with
-    zero features to at least d rows), ``[#qr, max(F, d), d]``."""
+    zero features to at least d rows), ``[#qr, max(F, d), d]`` (all float64)."""
 
     r: Tensor
     r_inv: Tensor
@@ -536,8 +622,8 @@ def _factor(x: Tensor) -> _Factor:
     r, r_inv, ok = _gram_factor(x)
     qr = ~ok
     if not bool(qr.any()):
-        return _Factor(r, r_inv, x.new_zeros(0, max(x.size(2), x.size(1)), x.size(1)), qr)
-    xt = x[qr].transpose(1, 2)
+        return _Factor(r, r_inv, r.new_zeros(0, max(x.size(2), x.size(1)), x.size(1)), qr)
+    xt = x[qr].double().transpose(1, 2)
     if xt.size(1) < xt.size(2):  # fewer features than coordinates: pad with zero features
         xt = torch.cat([xt, xt.new_zeros(xt.size(0), xt.size(2) - xt.size(1), xt.size(2))], dim=1)
     q, r_qr = torch.linalg.qr(xt)
@@ -547,29 +633,56 @@ def _factor(x: Tensor) -> _Factor:
 
 
 def _rotated(x: Tensor, f: _Factor, c: Tensor) -> Tensor:
-    """cᵀ R⁻ᵀ X (= (Q c)ᵀ) of every block X = ``x`` (``f = _factor(x)``; c [B, d, d]): ``[B, d, F]``."""
+    """cᵀ R⁻ᵀ X (= (Q c)ᵀ) of every block X = ``x`` (``f = _factor(x)``; c [B, d, d]): ``[B, d, F]`` in
+    the dtype of ``x``. The d×d transform is formed in float64 and applied in that dtype: for a float32
+    X its rounding is that of the float32 input itself (X's own rounding error goes through the same
+    transform)."""
     if not bool(f.qr.any()):
-        return (f.r_inv @ c).transpose(1, 2) @ x
+        return (f.r_inv @ c).transpose(1, 2).to(x.dtype) @ x
     out = torch.empty_like(x)
     ok = ~f.qr
     if bool(ok.any()):
-        out[ok] = (f.r_inv[ok] @ c[ok]).transpose(1, 2) @ x[ok]
-    out[f.qr] = (f.q @ c[f.qr]).transpose(1, 2)[:, :, : x.size(2)]
+        out[ok] = (f.r_inv[ok] @ c[ok]).transpose(1, 2).to(x.dtype) @ x[ok]
+    out[f.qr] = (f.q @ c[f.qr]).transpose(1, 2)[:, :, : x.size(2)].to(x.dtype)
     return out
+
+
+#: Largest σ_max/σ_min of a d×d balancing matrix M whose SVD is taken from the eigendecomposition of MᵀM
+#: (MV = UΣ; relative error ~ ε·cond², half the time of LAPACK's SVD for d = 64); others, singular ones
+#: included, use :func:`torch.linalg.svd`.
+EIGH_MAX_COND = 1e2
+
+
+def _svd(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """U, σ (descending), Vᵀ of every ``m`` [B, d, d] (float64; see :data:`EIGH_MAX_COND`)."""
+    w, v = torch.linalg.eigh(m.transpose(1, 2) @ m)
+    v = v.flip(-1)
+    mv = m @ v
+    s = torch.linalg.vector_norm(mv, dim=1)  # [B, d], = σ up to the order of w
+    ok = (w[:, 0] > 0) & (s.amax(1) <= EIGH_MAX_COND * s.amin(1)) & torch.isfinite(s).all(1)
+    ok &= (s[:, 1:] <= s[:, :-1]).all(1)  # eigenvalue order agrees with the computed σ
+    u = mv / s.clamp(min=1e-300).unsqueeze(1)
+    vh = v.transpose(1, 2)
+    if not bool(ok.all()):
+        bad = ~ok
+        u_b, s_b, vh_b = torch.linalg.svd(m[bad])
+        u, s, vh = u.clone(), s.clone(), vh.clone()
+        u[bad], s[bad], vh[bad] = u_b, s_b, vh_b
+    return u, s, vh
 
 
 def _balanced(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """For X = ``x`` [B, d, F1] and Y = ``y`` [B, d, F2]: (X̂, Ŷ, κ_X, σ) with X̂ᵀŶ = XᵀY balanced,
     X̂ = Σ^{1/2}(Q_x U)ᵀ = Σ^{1/2} Uᵀ R_x⁻ᵀ X, and κ_X [B, d, d] with κ_X X̂ = X (least squares if
     singular). Signs: the entry of largest magnitude of every row of X̂ is positive (the largest entry,
-    on an exact tie with the most negative one)."""
+    on an exact tie with the most negative one). X̂, Ŷ in the dtype of X, Y; κ, σ float64."""
     fx, fy = _factor(x), _factor(y)
-    u, s, vh = torch.linalg.svd(fx.r @ fy.r.transpose(1, 2))
+    u, s, vh = _svd(fx.r @ fy.r.transpose(1, 2))
     sq = s.sqrt()
     xh = _rotated(x, fx, u * sq.unsqueeze(1))
     lo, hi = torch.aminmax(xh, dim=2)
-    sign = torch.where(hi >= -lo, 1.0, -1.0).to(xh.dtype)  # [B, d]
-    xh.mul_(sign.unsqueeze(2))
+    sign = torch.where(hi >= -lo, 1.0, -1.0).to(torch.float64)  # [B, d]
+    xh.mul_(sign.unsqueeze(2).to(xh.dtype))
     yh = _rotated(y, fy, vh.transpose(1, 2) * (sq * sign).unsqueeze(1))
     inv_sq = torch.where(sq > 0, 1 / sq.clamp(min=1e-300), torch.zeros_like(sq))
     kappa = fx.r.transpose(1, 2) @ (u * (sign * inv_sq).unsqueeze(1))  # R_xᵀ U S Σ^{+1/2}
@@ -577,11 +690,11 @@ def _balanced(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def _canonical_heads(graph: ParameterGraph) -> tuple[Tensor, Tensor, dict[int, dict[int, Tensor]], list[Tensor]]:
-    """Balanced head blocks written into copies of (x, edge_val); returns the new tables, the gauge
-    matrices κ per (group → role → [H, d, d]) and the singular values of every block."""
+    """Balanced head blocks in new (x, edge_val) tables; returns the new tables, the gauge matrices κ per
+    (group → role → [H, d, d]) and the singular values of every block."""
     if not hasattr(graph, "gl_role") or not bool((graph.gl_role > 0).any()):
         return graph.x, graph.edge_val, {}, []
-    feat = _Features(graph, graph.x.clone(), graph.edge_val.clone())
+    feat = _Features(graph)
     kappas: dict[int, dict[int, Tensor]] = {}
     sigmas: list[Tensor] = []
 
@@ -618,20 +731,26 @@ def _canonical_heads(graph: ParameterGraph) -> tuple[Tensor, Tensor, dict[int, d
     for v_all in _head_blocks(graph, int(GLRole.VALUE)):
         for (v,) in _chunks(v_all, width=width):
             balance(_stack(feat, v, "dst", True), _stack(feat, v, "src", False), v, int(GLRole.VALUE))
-    return feat.x, feat.val, kappas, sigmas
+    x, val = feat.finish()
+    return x, val, kappas, sigmas
 
 
-#: Values of one side of the head blocks processed at once (about): bounds the float64 temporaries, so
-#: that they stay small and their memory is reused from chunk to chunk.
-HEAD_CHUNK = 1 << 20
+#: Values of one side of the head blocks processed at once (at most, estimated with the widest row of the
+#: graph): bounds the temporaries while keeping the heads of one layer together in graphs of BERT size.
+HEAD_CHUNK = 1 << 23
 
 
 def _chunks(*blocks: _Blocks, width: int) -> Iterator[tuple[_Blocks, ...]]:
     """Consecutive slices of aligned block lists (the same slice of each), at least one block and about
-    :data:`HEAD_CHUNK` values (``width`` per node) per slice."""
+    :data:`HEAD_CHUNK` values (``width`` per node) per slice, never across unit groups (the heads of one
+    attention layer usually form one dense range of ``edge_val``, written in place: :class:`_Features`)."""
     n = max(1, HEAD_CHUNK // (blocks[0].d * max(width, 1)))
-    for i in range(0, blocks[0].start.numel(), n):
-        yield tuple(_Blocks(b.start[i : i + n], b.group[i : i + n], b.head[i : i + n], b.d) for b in blocks)
+    group = blocks[0].group
+    cuts = (torch.nonzero(group[1:] != group[:-1]).flatten() + 1).tolist()
+    for lo, hi in zip([0, *cuts], [*cuts, group.numel()]):
+        for i in range(lo, hi, n):
+            j = min(i + n, hi)
+            yield tuple(_Blocks(b.start[i:j], b.group[i:j], b.head[i:j], b.d) for b in blocks)
 
 
 # ----------------------------------------------------------------------------------- API

@@ -32,6 +32,11 @@ import torch
 from qegraph.errors import QegraphError
 
 
+#: A model of a grid: class path, constructor kwargs and optionally training overrides of the
+#: experiment's defaults (``lr``, ``weight_decay``, ``epochs``).
+ModelSpec = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]
+
+
 @dataclass
 class Experiment:
     """A named grid: a zoo, a task, the models to compare and how long to train them."""
@@ -40,7 +45,7 @@ class Experiment:
     zoo_models: int
     task: str  # "generalization" | "classification"
     target: str
-    models: dict[str, tuple[str, dict[str, Any]]]
+    models: dict[str, ModelSpec]
     metric: str
     epochs: int = 20
     batch_size: int = 32
@@ -76,6 +81,20 @@ EXPERIMENTS: dict[str, Experiment] = {
     "cnn_generalization_small": Experiment(
         "cnn", 300, "generalization", "test_accuracy", _CNN_MODELS, "kendall_tau", epochs=30,
         data={"train_runs": 50, "steps": [10, 40, 100, 200]}),
+    # hyperparameter search for QuasiGMN on validation (the small split: the regime where it matters);
+    # selection by the mean best validation τ (column "val"), never by test
+    "cnn_search_small": Experiment(
+        "cnn", 300, "generalization", "test_accuracy", {
+            "base (hidden 64, 3 layers, lr 3e-3)": ("qegraph.nn.QuasiGMN", _GMN),
+            "dropout 0.1": ("qegraph.nn.QuasiGMN", {**_GMN, "dropout": 0.1}),
+            "dropout 0.2": ("qegraph.nn.QuasiGMN", {**_GMN, "dropout": 0.2}),
+            "weight decay 0.01": ("qegraph.nn.QuasiGMN", _GMN, {"weight_decay": 0.01}),
+            "weight decay 0.1": ("qegraph.nn.QuasiGMN", _GMN, {"weight_decay": 0.1}),
+            "hidden 32": ("qegraph.nn.QuasiGMN", _GMN_SMALL),
+            "2 layers": ("qegraph.nn.QuasiGMN", {**_GMN, "num_layers": 2}),
+            "lr 1e-3": ("qegraph.nn.QuasiGMN", _GMN, {"lr": 1e-3}),
+            "30 epochs": ("qegraph.nn.QuasiGMN", _GMN, {"epochs": 30}),
+        }, "kendall_tau", epochs=15, data={"train_runs": 50, "steps": [10, 40, 100, 200]}),
     "mlp_generalization": Experiment(
         "mlp", 300, "generalization", "test_accuracy",
         {k: v for k, v in _CNN_MODELS.items() if k not in ("FlatMLP", "StatNN", "StatNN (canonical)")},
@@ -114,6 +133,17 @@ def _import(path: str) -> Callable[..., Any]:
     return getattr(__import__(mod, fromlist=[name]), name)
 
 
+def training_options(exp_name: str, model: str, epochs: int | None = None) -> dict[str, Any]:
+    """``lr``, ``weight_decay`` and ``epochs`` of one model of a grid: the experiment's defaults, the
+    model's overrides, then ``epochs`` (the ``--epochs`` flag) if given."""
+    exp = EXPERIMENTS[exp_name]
+    spec = exp.models[model]
+    train = {"lr": exp.lr, "weight_decay": 0.0, "epochs": exp.epochs, **(spec[2] if len(spec) > 2 else {})}
+    if epochs:
+        train["epochs"] = epochs
+    return train
+
+
 def run_job(exp_name: str, zoo_dir: str, model: str, seed: int, train_k: float | None,
             test_ks: list[float], epochs: int | None = None, accelerator: str = "auto") -> dict[str, Any]:
     """Train one model on one seed (Lightning ``accelerator``: auto, cpu, gpu…; one device); return its
@@ -131,11 +161,12 @@ def run_job(exp_name: str, zoo_dir: str, model: str, seed: int, train_k: float |
     dm = ZooDataModule(zoo_dir, target=exp.target, batch_size=exp.batch_size, seed=0, augment_k=train_k, **exp.data)
     dm.prepare_data()
     dm.setup()
-    cls_path, kwargs = exp.models[model]
+    cls_path, kwargs = exp.models[model][:2]
+    train = training_options(exp_name, model, epochs)
     net = _import(cls_path)(**kwargs)
-    max_epochs = epochs or exp.epochs
+    max_epochs = train["epochs"]
     task_cls = GeneralizationPrediction if exp.task == "generalization" else INRClassification
-    task = task_cls(net, lr=exp.lr, max_lr_epochs=max_epochs)
+    task = task_cls(net, lr=train["lr"], weight_decay=train["weight_decay"], max_lr_epochs=max_epochs)
     best = BestValidationState(f"val/{exp.metric}")
     trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator=accelerator, devices=1, deterministic=False,
@@ -188,8 +219,9 @@ def write_tables(exp_name: str, rows: list[dict[str, Any]], out: Path, test_ks: 
     lines = [f"### {exp_name}: test {exp.metric} (mean ± std over seeds)", "", f"Command: `{command}`", ""]
     cols: list[float | None] = ([None] if any("test_none" in r for r in rows) else []) + list(test_ks)
     key = {k: "test_none" if k is None else f"test_k{k:g}" for k in cols}
-    head = "| model | params | train | " + " | ".join("no action" if k is None else f"k={k:g}" for k in cols) + " |"
-    lines += [head, "|" + "---|" * (3 + len(cols))]
+    head = ("| model | params | train | val (best epoch) | "
+            + " | ".join("no action" if k is None else f"k={k:g}" for k in cols) + " |")
+    lines += [head, "|" + "---|" * (4 + len(cols))]
     summary = []
     for model in exp.models:
         mrows = [r for r in rows if r["model"] == model]
@@ -205,15 +237,21 @@ def write_tables(exp_name: str, rows: list[dict[str, Any]], out: Path, test_ks: 
             if vals:
                 summary.append({"model": model, "train": "plain", "test_k": "none" if k is None else k, "mean": m,
                                 "std": s, "n": len(vals), "params": params})
-        lines.append(f"| {model} | {params:,} | plain | " + " | ".join(cells) + " |")
-        aug_cells = ["—"] if None in cols else []
+        vals = [r["best_val"] for r in plain if r.get("best_val") is not None]
+        m, s = _mean_std(vals)
+        val = f"{m:.3f} ± {s:.3f}" if vals else "—"
+        if vals:
+            summary.append({"model": model, "train": "plain", "test_k": "val", "mean": m, "std": s, "n": len(vals),
+                            "params": params})
+        lines.append(f"| {model} | {params:,} | plain | {val} | " + " | ".join(cells) + " |")
+        aug_cells = ["—", "—"] if None in cols else ["—"]
         for k in test_ks:
             sel = [r[f"test_k{k:g}"] for r in mrows if r["train_k"] is not None and float(r["train_k"]) == float(k)]
             m, s = _mean_std(sel)
             aug_cells.append("—" if not sel else f"{m:.3f} ± {s:.3f}")
             if sel:
                 summary.append({"model": model, "train": "augmented", "test_k": k, "mean": m, "std": s, "n": len(sel), "params": params})
-        if any(c != "—" for c in aug_cells):
+        if any(c != "—" for c in aug_cells[1:]):
             lines.append(f"| {model} | {params:,} | augmented (k) | " + " | ".join(aug_cells) + " |")
     md = "\n".join(lines) + "\n"
     (out / "results.md").write_text(md)
@@ -232,7 +270,7 @@ def _plot(exp_name: str, summary: list[dict[str, Any]], path: Path, metric: str)
     ax = fig.add_subplot()
     for model in dict.fromkeys(r["model"] for r in summary):
         for train, style in (("plain", "-o"), ("augmented", "--s")):
-            pts = [r for r in summary if r["model"] == model and r["train"] == train and r["test_k"] != "none"]
+            pts = [r for r in summary if r["model"] == model and r["train"] == train and r["test_k"] not in ("none", "val")]
             if pts:
                 ax.errorbar([r["test_k"] for r in pts], [r["mean"] for r in pts], yerr=[r["std"] for r in pts],
                             fmt=style, capsize=3, label=f"{model} ({train})")
