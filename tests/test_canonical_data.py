@@ -136,3 +136,17 @@ def test_flat_head_needs_alignment_and_one_architecture() -> None:
     model = QuasiGMN(hidden_dim=8, num_layers=1, align=True, flat=True)
     with pytest.raises(qegraph.QegraphError, match="mixes architectures"):
         model(Batch.from_data_list([a, b]))
+
+
+def test_loading_a_zoo_leaves_the_global_random_state_alone(cnn_zoo: Path, tmp_path: Path) -> None:
+    """Converting (first use) or loading (cached) a zoo draws nothing from torch's global generator: a
+    model built after ``setup()`` gets the same initial weights either way (experiment grids rely on it)."""
+    states = []
+    for _ in range(2):  # the first pass builds the cache in tmp_path, the second loads it
+        torch.manual_seed(0)
+        dm = ZooDataModule(str(cnn_zoo), augment_k=None, val_fraction=0.25, test_fraction=0.25, cache_dir=str(tmp_path))
+        dm.prepare_data()
+        dm.setup()
+        states.append(torch.get_rng_state())
+    torch.manual_seed(0)
+    assert torch.equal(states[0], torch.get_rng_state()) and torch.equal(states[1], states[0])

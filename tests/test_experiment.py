@@ -26,7 +26,9 @@ def _fake_job(calls: list[tuple[Any, ...]], fail: str | None = None):
         if model == fail:
             raise RuntimeError("out of memory")
         base = 0.5 + 0.1 * MODELS.index(model) + 0.01 * seed
+        preds = [0.1, 0.2, 0.3, 0.4] if seed % 2 == 0 else [0.4, 0.25, 0.2, 0.1]  # seed 1 ranks backwards
         return {"model": model, "seed": seed, "train_k": train_k, "params": 7, "test_none": base + 0.1, "best_val": base,
+                "pred_none": preds, "y_none": [0.0, 1.0, 2.0, 3.0],
                 **{f"test_k{k:g}": base - 0.001 * k for k in test_ks}}
 
     return run_job
@@ -56,6 +58,9 @@ def test_grid_tables_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "| model | params | train | val (best epoch) | no action | k=0 | k=2 |" in md
     assert "| StrictGMN | 7 | plain | 0.610 ± 0.010 | 0.710 ± 0.010 | 0.610 ± 0.010 | 0.608 ± 0.010 |" in md
     assert "| StrictGMN | 7 | augmented (k) | — | — | — | 0.608 ± 0.010 |" in md
+    # the mean of the 3 seeds' predictions, (0.2, 0.217, 0.267, 0.3), ranks like the targets: τ = 1
+    assert "| StrictGMN | 7 | mean of 3 seeds' predictions | — | 1.000 | — | — |" in md
+    assert "pred_none" not in (tmp_path / "runs.csv").read_text()
     assert (tmp_path / "results.png").stat().st_size > 0
     calls.clear()
     exp_mod.run_experiment("cnn_generalization", tmp_path, seeds=3, test_ks=[0, 2], train_ks=[2], models=MODELS)

@@ -199,11 +199,14 @@ class Zoo:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
     def template(self, arch: str) -> nn.Module:
-        """A (shared, do not modify) module of architecture ``arch`` from the spec."""
+        """A (shared, do not modify) module of architecture ``arch`` from the spec. Built without touching
+        the global random state (its initial weights are never used), so that what a training run draws
+        after loading a zoo does not depend on whether the zoo's graphs were cached already."""
         if arch not in self._modules:
             if arch not in self.architectures:
                 raise QegraphError(f"{self.root / 'spec.json'}: no architecture {arch!r} (used by metadata.jsonl)")
-            self._modules[arch] = module_from_arch(self.architectures[arch])
+            with torch.random.fork_rng(devices=[]):
+                self._modules[arch] = module_from_arch(self.architectures[arch])
         return self._modules[arch]
 
     def iter_state_dicts(self, rows: Sequence[dict[str, Any]] | None = None) -> Iterator[tuple[dict[str, Any], dict[str, Tensor]]]:

@@ -9,7 +9,9 @@ For every model and seed the grid trains
   (*train augmented*).
 
 Every training job is independent and runs in its own process (``--workers``), one thread each.
-The table reports mean ± std over seeds and each model's parameter count.
+The table reports mean ± std over seeds, each model's parameter count, the best validation score (the
+epoch restored before testing) and, for generalization grids, the metric of the mean of all seeds'
+test predictions (networks as they are): what averaging k trained models buys.
 """
 
 from __future__ import annotations
@@ -189,6 +191,9 @@ def run_job(exp_name: str, zoo_dir: str, model: str, seed: int, train_k: float |
                 ys.append(task.target(batch))
         metrics = task.epoch_metrics(torch.cat(preds), torch.cat(ys))
         results["test_none" if k is None else f"test_k{k:g}"] = metrics[exp.metric]
+        if k is None and exp.task == "generalization":  # for the mean over seeds (write_tables)
+            results["pred_none"] = torch.cat(preds).double().cpu().tolist()
+            results["y_none"] = torch.cat(ys).double().cpu().tolist()
     return results
 
 
@@ -207,13 +212,28 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return m, (sum((v - m) ** 2 for v in vals) / max(len(vals) - 1, 1)) ** 0.5
 
 
+def _seed_mean(rows: list[dict[str, Any]]) -> tuple[float, int] | None:
+    """Kendall τ of the mean of the test predictions (networks as they are) of ≥ 2 seeds, and the number of
+    seeds; ``None`` without stored predictions."""
+    from qegraph.tasks.metrics import kendall_tau
+
+    with_pred = [r for r in rows if r.get("pred_none")]
+    if len(with_pred) < 2:
+        return None
+    ys = [r["y_none"] for r in with_pred]
+    if any(y != ys[0] for y in ys):
+        raise QegraphError("test targets differ between seeds: the splits are not the same")
+    pred = torch.tensor([r["pred_none"] for r in with_pred], dtype=torch.float64).mean(0)
+    return kendall_tau(pred, torch.tensor(ys[0], dtype=torch.float64)), len(with_pred)
+
+
 def write_tables(exp_name: str, rows: list[dict[str, Any]], out: Path, test_ks: list[float], command: str) -> str:
     """Aggregate job rows into results.csv / results.md / results.png; returns the markdown."""
     exp = EXPERIMENTS[exp_name]
     out.mkdir(parents=True, exist_ok=True)
-    keys = sorted({k for r in rows for k in r})
+    keys = sorted({k for r in rows for k in r} - {"pred_none", "y_none"})
     with open(out / "runs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     lines = [f"### {exp_name}: test {exp.metric} (mean ± std over seeds)", "", f"Command: `{command}`", ""]
@@ -251,6 +271,13 @@ def write_tables(exp_name: str, rows: list[dict[str, Any]], out: Path, test_ks: 
             aug_cells.append("—" if not sel else f"{m:.3f} ± {s:.3f}")
             if sel:
                 summary.append({"model": model, "train": "augmented", "test_k": k, "mean": m, "std": s, "n": len(sel), "params": params})
+        ens = _seed_mean(plain) if None in cols else None
+        if ens is not None:
+            tau, n = ens
+            summary.append({"model": model, "train": f"mean of {n} seeds", "test_k": "none", "mean": tau, "std": 0.0,
+                            "n": 1, "params": params})
+            lines.append(f"| {model} | {params:,} | mean of {n} seeds' predictions | — | {tau:.3f} |"
+                         + " — |" * (len(cols) - 1))
         if any(c != "—" for c in aug_cells[1:]):
             lines.append(f"| {model} | {params:,} | augmented (k) | " + " | ".join(aug_cells) + " |")
     md = "\n".join(lines) + "\n"
