@@ -20,8 +20,11 @@ run cnn_generalization_small --out "$OUT/cnn_generalization_small" --zoo "$ZOOS/
 # INR classification (SIRENs of digits, fitted from one shared start)
 run inr_classification --out "$OUT/inr_classification" --zoo "$ZOOS/inr" --seeds 3 --train-ks \
   --models "QuasiGMN (aligned)" QuasiGMN StrictGMN FlatMLP StatNN "StatNN (canonical)"
-# transformer generalization (300 runs of 16 tiny nn.TransformerEncoder architectures; not re-run this
-# round: generating the 300-run zoo and 9 graph-model jobs take hours on 2 cores)
-# run transformer_generalization --out "$OUT/transformer_generalization" --zoo "$ZOOS/transformer" --seeds 3 --train-ks
+# transformer generalization (300 runs of 16 tiny nn.TransformerEncoder architectures, 3 checkpoints each;
+# 5 epochs: each graph-model job on these graphs (≈ 350 nodes, 7,500 edges each) takes 10–20 min on one core)
+run transformer_generalization --out "$OUT/transformer_generalization" --zoo "$ZOOS/transformer" --seeds 3 --train-ks \
+  --epochs 5
+# hyperparameter search for QuasiGMN on the 200-network split, selected by validation τ (docs/results.md)
+run cnn_search_small --out "$OUT/cnn_search_small" --zoo "$ZOOS/cnn" --seeds 1 --train-ks --test-ks
 # the paper's α·β construction: its gauge strength ε does not matter (commit 4bae00b's table)
 # run epsilon_ablation --out "$OUT/epsilon_ablation" --zoo "$ZOOS/cnn" --seeds 3 --epochs 12 --train-ks

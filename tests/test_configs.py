@@ -73,7 +73,8 @@ def test_broken_config_is_refused(tmp_path: Path, no_side_effects: Path, capsys:
     """The check above is not vacuous: a misspelt key in a config file exits with code 2."""
     src = (CONFIGS[0].parent.parent / "cnn_generalization" / "quasi.yaml").read_text()
     bad = tmp_path.parent / f"{tmp_path.name}-bad.yaml"
-    bad.write_text(src.replace("hidden_dim: 32", "hiden_dim: 32"))
+    assert "hidden_dim: 64" in src
+    bad.write_text(src.replace("hidden_dim: 64", "hiden_dim: 64"))
     assert _print_config(bad) == 2
     assert "hiden_dim" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:

@@ -114,3 +114,9 @@ def test_training_options_apply_model_overrides_then_the_epochs_flag() -> None:
     assert exp_mod.training_options("cnn_search_small", "lr 1e-3")["lr"] == 1e-3
     assert exp_mod.training_options("cnn_search_small", "30 epochs")["epochs"] == 30
     assert exp_mod.training_options("cnn_search_small", "30 epochs", epochs=5)["epochs"] == 5
+
+
+def test_one_seed_cells_show_no_spread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_zoo: None) -> None:
+    monkeypatch.setattr(exp_mod, "run_job", _fake_job([]))
+    md = exp_mod.run_experiment("cnn_generalization", tmp_path, seeds=1, test_ks=[0], train_ks=[], models=MODELS)
+    assert "| StrictGMN | 7 | plain | 0.600 (1 seed) | 0.700 (1 seed) | 0.600 (1 seed) |" in md
