@@ -298,7 +298,11 @@ def write_tables(exp_name: str, rows: list[dict[str, Any]], out: Path, test_ks: 
 
 
 def _plot(exp_name: str, summary: list[dict[str, Any]], path: Path, metric: str) -> None:
+    """The metric against test k per model (nothing is drawn, and no file written, for a grid without test k)."""
     from matplotlib.figure import Figure
+
+    if not any(r["test_k"] not in ("none", "val") for r in summary):
+        return
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
