@@ -25,6 +25,9 @@ run inr_classification --out "$OUT/inr_classification" --zoo "$ZOOS/inr" --seeds
 run transformer_generalization --out "$OUT/transformer_generalization" --zoo "$ZOOS/transformer" --seeds 3 --train-ks \
   --epochs 5
 # hyperparameter search for QuasiGMN on the 200-network split, selected by validation τ (docs/results.md)
+# (every variant on seed 0, then the two best by validation on seed 1 too)
 run cnn_search_small --out "$OUT/cnn_search_small" --zoo "$ZOOS/cnn" --seeds 1 --train-ks --test-ks
+run cnn_search_small --out "$OUT/cnn_search_small" --zoo "$ZOOS/cnn" --seeds 2 --train-ks --test-ks \
+  --models "base (hidden 64, 3 layers, lr 3e-3)" "dropout 0.2"
 # the paper's α·β construction: its gauge strength ε does not matter (commit 4bae00b's table)
 # run epsilon_ablation --out "$OUT/epsilon_ablation" --zoo "$ZOOS/cnn" --seeds 3 --epochs 12 --train-ks

@@ -418,3 +418,19 @@ def test_float32_graph_is_balanced_to_float32_round_off() -> None:
     assert c32.edge_val.dtype == torch.float32
     err = _rel(_params(c64), _params(c32).double())
     assert 0 < err <= 1e-6
+
+
+def test_head_rows_writing_the_same_values_twice_are_refused() -> None:
+    """The output edge_val is assembled from dense head ranges plus a copy of the rest; two head blocks that
+    would write the same values (attention heads sharing parameters) get a clear error, not a silent mix."""
+    import qegraph.symmetry.canonical as can
+
+    feat = can._Features(_graph("transformer"))
+    feat.dense += [(0, 8), (4, 12)]
+    with pytest.raises(qegraph.QegraphError, match="write the same values"):
+        feat.finish()
+    ok = can._Features(_graph("transformer"))
+    ok.val[:8] = 7.0
+    ok.dense.append((0, 8))
+    x, val = ok.finish()  # the rest is the input's values, the written range is kept
+    assert bool((val[:8] == 7.0).all()) and torch.equal(val[8:], ok.src[8:])

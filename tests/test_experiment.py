@@ -112,8 +112,10 @@ def test_training_options_apply_model_overrides_then_the_epochs_flag() -> None:
     assert base == {"lr": 3e-3, "weight_decay": 0.0, "epochs": 15}
     assert exp_mod.training_options("cnn_search_small", "weight decay 0.1")["weight_decay"] == 0.1
     assert exp_mod.training_options("cnn_search_small", "lr 1e-3")["lr"] == 1e-3
-    assert exp_mod.training_options("cnn_search_small", "30 epochs")["epochs"] == 30
-    assert exp_mod.training_options("cnn_search_small", "30 epochs", epochs=5)["epochs"] == 5
+    small = exp_mod.training_options("cnn_generalization_small", "QuasiGMN")
+    assert small == {"lr": 3e-3, "weight_decay": 0.0, "epochs": 15}  # the model's override of the grid's 30
+    assert exp_mod.training_options("cnn_generalization_small", "StatNN")["epochs"] == 30
+    assert exp_mod.training_options("cnn_generalization_small", "QuasiGMN", epochs=5)["epochs"] == 5
 
 
 def test_one_seed_cells_show_no_spread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_zoo: None) -> None:

@@ -97,7 +97,6 @@ EXPERIMENTS: dict[str, Experiment] = {
             "hidden 32": ("qegraph.nn.QuasiGMN", _GMN_SMALL),
             "2 layers": ("qegraph.nn.QuasiGMN", {**_GMN, "num_layers": 2}),
             "lr 1e-3": ("qegraph.nn.QuasiGMN", _GMN, {"lr": 1e-3}),
-            "30 epochs": ("qegraph.nn.QuasiGMN", _GMN, {"epochs": 30}),
         }, "kendall_tau", epochs=15, data={"train_runs": 50, "steps": [10, 40, 100, 200]}),
     "mlp_generalization": Experiment(
         "mlp", 300, "generalization", "test_accuracy",
