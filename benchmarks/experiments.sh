@@ -16,7 +16,7 @@ run() { python3 -m qegraph.cli experiment "$@" --workers "$W"; }
 # random group elements with scales up to 10^k, k = 0..4; the full training split and 50 runs (200 networks)
 run cnn_generalization --out "$OUT/cnn_generalization" --zoo "$ZOOS/cnn" --seeds 3 --train-ks
 run cnn_generalization_small --out "$OUT/cnn_generalization_small" --zoo "$ZOOS/cnn" --seeds 3 --train-ks \
-  --models QuasiGMN StrictGMN FlatMLP StatNN "StatNN (canonical)"
+  --models QuasiGMN StrictGMN FlatMLP StatNN "StatNN (canonical)" "StatNN (quantile)" "StatNN (canonical, quantile)"
 # INR classification (SIRENs of digits, fitted from one shared start)
 run inr_classification --out "$OUT/inr_classification" --zoo "$ZOOS/inr" --seeds 3 --train-ks \
   --models "QuasiGMN (aligned)" QuasiGMN StrictGMN FlatMLP StatNN "StatNN (canonical)"
@@ -29,5 +29,8 @@ run transformer_generalization --out "$OUT/transformer_generalization" --zoo "$Z
 run cnn_search_small --out "$OUT/cnn_search_small" --zoo "$ZOOS/cnn" --seeds 1 --train-ks --test-ks
 run cnn_search_small --out "$OUT/cnn_search_small" --zoo "$ZOOS/cnn" --seeds 2 --train-ks --test-ks \
   --models "base (hidden 64, 3 layers, lr 3e-3)" "dropout 0.2"
+# a later variant (statistics through their training CDF), on seeds 0 and 1
+run cnn_search_small --out "$OUT/cnn_search_small" --zoo "$ZOOS/cnn" --seeds 2 --train-ks --test-ks \
+  --models "dropout 0.2, quantile statistics"
 # the paper's α·β construction: its gauge strength ε does not matter (commit 4bae00b's table)
 # run epsilon_ablation --out "$OUT/epsilon_ablation" --zoo "$ZOOS/cnn" --seeds 3 --epochs 12 --train-ks

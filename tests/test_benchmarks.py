@@ -62,18 +62,26 @@ def test_zoo_roofline_counts_known_macs() -> None:
     assert zoo_bench.forward_macs(net, torch.zeros(3, 1, 8, 8)) == 3 * 51424
 
 
+@pytest.fixture(scope="module")
+def cnn_zoo_10(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CNN zoo of 10 runs × 5 checkpoints (seed 1)."""
+    from qegraph.data.generate import generate_zoo
+
+    path = tmp_path_factory.mktemp("bench") / "zoo"
+    generate_zoo("cnn", path, 10, seed=1, progress=False)
+    return path
+
+
 @pytest.mark.slow
-def test_tau_ceiling_on_a_small_zoo(tmp_path: Path) -> None:
+def test_tau_ceiling_on_a_small_zoo(tmp_path: Path, cnn_zoo_10: Path) -> None:
     import numpy as np
     import yaml
     from scipy.stats import kendalltau
 
     from qegraph.data import ZooDataModule
-    from qegraph.data.generate import generate_zoo
     from qegraph.data.store import Zoo
 
-    generate_zoo("cnn", tmp_path / "zoo", 10, seed=1, progress=False)
-    data = {"zoo_dir": str(tmp_path / "zoo"), "target": "test_accuracy", "steps": [10, 40, 100, 200],
+    data = {"zoo_dir": str(cnn_zoo_10), "target": "test_accuracy", "steps": [10, 40, 100, 200],
             "val_fraction": 0.2, "test_fraction": 0.3, "cache_dir": str(tmp_path / "cache")}
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"class_path": "qegraph.data.ZooDataModule", "init_args": data}}))
@@ -86,10 +94,28 @@ def test_tau_ceiling_on_a_small_zoo(tmp_path: Path) -> None:
     dm = ZooDataModule(**data)
     dm.setup()
     ids = {ckpt for _, _, ckpt in dm.splits["test"].items}
-    rows = [r for r in Zoo(tmp_path / "zoo").rows if r["id"] in ids]
+    rows = [r for r in Zoo(cnn_zoo_10).rows if r["id"] in ids]
     test = np.array([r["test_accuracy"] for r in rows])
     train = np.array([r["train_accuracy"] for r in rows])
     assert len(rows) == 12 and len(set(test.tolist())) > 6  # a spread of accuracies: τ is informative
     assert res["tau_train_accuracy"] == round(float(kendalltau(train, test)[0]), 3)
     assert res["chance_fraction"] == round(float((test < 0.3).mean()), 3)
     assert 0.5 < res["tau_test_resampled"] <= 1  # resampling 450 test images barely reorders 12 accuracies
+
+
+@pytest.mark.slow
+def test_stats_probe_on_a_tiny_zoo(tmp_path: Path, cnn_zoo_10: Path) -> None:
+    """benchmarks/stats_probe.py runs end to end and reports every (weights, learner) pair once."""
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stats_probe.py"), "--zoo", str(cnn_zoo_10),
+                           "--train-runs", "4", "--val-fraction", "0.2", "--test-fraction", "0.3", "--seeds", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["networks"] == {"train": 16, "val": 8, "test": 12}  # runs × 4 checkpoints (step 0 left out)
+    learners = ["ridge", "gradient-boosted trees", "extra trees", "MLP (standardize)", "MLP (quantile)"]
+    assert [(r["weights"], r["learner"]) for r in res["rows"]] == [(w, k) for w in ("raw", "canonical") for k in learners]
+    # τ is NaN where a learner predicts one value for a whole split (trees on 16 networks can); MLPs do not
+    taus = [(r["learner"], r[k]) for r in res["rows"] for k in ("val_tau", "test_tau")]
+    assert all(-1 <= v <= 1 or (math.isnan(v) and not name.startswith("MLP")) for name, v in taus)
+    assert "canonical  MLP (quantile)" in proc.stdout

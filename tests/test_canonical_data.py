@@ -150,3 +150,41 @@ def test_loading_a_zoo_leaves_the_global_random_state_alone(cnn_zoo: Path, tmp_p
         states.append(torch.get_rng_state())
     torch.manual_seed(0)
     assert torch.equal(states[0], torch.get_rng_state()) and torch.equal(states[1], states[0])
+
+
+@pytest.mark.slow  # two short Lightning fits (~20 s)
+def test_training_task_fits_quantile_norms_on_the_training_split_once(cnn_zoo: Path, tmp_path: Path) -> None:
+    """At fit start the task fits the QuantileNorm of QuasiGMN(stats_transform="quantile") and of
+    StatNN(quantile=True) to the training split (the knots equal a direct fit on it); a second fit of the
+    same model (resumed or fine-tuned) keeps them."""
+    import lightning as L
+
+    from qegraph.nn import StatNN
+    from qegraph.tasks import GeneralizationPrediction, fit_quantile_norms
+
+    dm = ZooDataModule(str(cnn_zoo), augment_k=1.0, val_fraction=0.25, test_fraction=0.25, cache_dir=str(tmp_path),
+                       batch_size=8)
+    for make in (lambda: QuasiGMN(hidden_dim=8, num_layers=1, stats_transform="quantile", stats_max_depth=8),
+                 lambda: StatNN(hidden_dim=16, quantile=True)):
+        torch.manual_seed(0)
+        task = GeneralizationPrediction(make(), lr=1e-3)
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_train_batches=1,
+                            limit_val_batches=1, num_sanity_val_steps=0)
+        trainer.fit(task, dm)
+        qn = next(m for m in task.model.modules() if isinstance(m, qegraph.nn.QuantileNorm))
+        ref_model = make()
+        fit_quantile_norms(ref_model, dm.eval_train_dataloader())  # un-augmented: the statistics of θ̂ are invariant
+        ref = next(m for m in ref_model.modules() if isinstance(m, qegraph.nn.QuantileNorm))
+        if isinstance(task.model, QuasiGMN):
+            assert torch.allclose(qn.knots, ref.knots, rtol=1e-5, atol=1e-7)
+        else:  # raw statistics: fitted on what the model is trained on, the augmented split (k = 1)
+            assert bool(qn.fitted) and not torch.allclose(qn.knots, ref.knots, rtol=1e-3)
+        knots = qn.knots.clone()
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_train_batches=1,
+                            limit_val_batches=1, num_sanity_val_steps=0)
+        with torch.no_grad():
+            qn.knots.add_(1.0)  # a marker: a refit would overwrite it
+        trainer.fit(task, dm)
+        assert torch.equal(qn.knots, knots + 1.0)

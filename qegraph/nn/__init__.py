@@ -7,6 +7,7 @@
 * :class:`StrictGMN`, :class:`AlphaBetaGMN`, :class:`AlphaBetaWeightSpaceGMN` (:mod:`qegraph.nn.models`):
   strictly G-equivariant layers (β) with or without the paper's gauge α (inert for invariant heads).
 * Baselines: :class:`PermGMN`, :class:`FlatMLP`, :class:`StatNN`.
+* :class:`QuantileNorm`: features through their training CDF (the statistics paths' input map).
 """
 
 from qegraph.nn.baselines import FlatMLP, StatNN
@@ -17,6 +18,7 @@ from qegraph.nn.encoders import EdgeEncoder, NodeEncoder
 from qegraph.nn.gauge import QuasiGauge
 from qegraph.nn.layer import QuasiLayer
 from qegraph.nn.models import AlphaBetaGMN, AlphaBetaWeightSpaceGMN, GMNBackbone, PermGMN, StrictGMN
+from qegraph.nn.quantile_norm import QuantileNorm
 from qegraph.nn.quasi import QuasiGMN, SectionBackbone
 from qegraph.nn.readout import InvariantReadout
 from qegraph.nn.section import LearnedGauge, SectionContext
@@ -27,6 +29,6 @@ from qegraph.nn.types import Canonicalizer, FeatureType
 __all__ = [
     "AlphaBetaGMN", "AlphaBetaWeightSpaceGMN", "Canonicalizer", "EdgeEncoder", "EquivariantConv", "FeatureType",
     "FlatMLP", "GMNBackbone", "GraphContext", "InvariantReadout", "LearnedGauge", "NodeEncoder", "PermGMN",
-    "QuasiGMN", "QuasiGauge", "QuasiLayer", "SectionBackbone", "SectionContext", "SectionDecoder",
+    "QuantileNorm", "QuasiGMN", "QuasiGauge", "QuasiLayer", "SectionBackbone", "SectionContext", "SectionDecoder",
     "SignEquivariantConv", "StatNN", "StrictGMN", "WeightDecoder", "WeightSpaceGMN",
 ]

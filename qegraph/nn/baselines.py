@@ -9,6 +9,7 @@
   node-parameter column (bias, norm γ, β, running stats) of every layer. With ``standardize=True``
   (default) the statistics pass a ``BatchNorm1d(affine=False)`` first: statistics of one zoo differ
   between networks by 0.1–10 % of their common value, far below what the MLP resolves at its initial scale.
+  With ``quantile=True`` they pass their training CDF instead (:mod:`qegraph.nn.quantile_norm`).
 
 Neither is invariant to the networks' symmetries; they are the non-equivariant references — except
 ``StatNN(canonical=True)``, which reads the canonical form θ̂ (:func:`qegraph.canonicalize`) and takes
@@ -27,6 +28,7 @@ from qegraph.errors import QegraphError
 from qegraph.graph.parameter_graph import ParameterGraph
 from qegraph.graph.types import NODE_SLOTS
 from qegraph.nn.encoders import mlp
+from qegraph.nn.quantile_norm import QuantileNorm
 from qegraph.nn.stats import segment_mean_var, segment_quantiles
 
 _QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -87,15 +89,19 @@ class FlatMLP(nn.Module):
 class StatNN(nn.Module):
     """Per-layer weight statistics → MLP (Unterthiner et al.). ``in_dim=None``: inferred at the first call.
     ``standardize``: z-score every statistic with batch (training) / running (eval) moments first.
-    ``canonical``: statistics of the canonical form, exactly invariant (module docstring)."""
+    ``canonical``: statistics of the canonical form, exactly invariant (module docstring).
+    ``quantile``: map every statistic through its training CDF instead (:class:`~qegraph.nn.quantile_norm.QuantileNorm`,
+    fitted by the training task at fit start)."""
 
     def __init__(self, *, out_dim: int = 1, hidden_dim: int = 256, num_layers: int = 2, in_dim: int | None = None,
-                 standardize: bool = True, canonical: bool = False) -> None:
+                 standardize: bool = True, canonical: bool = False, quantile: bool = False) -> None:
         super().__init__()
         self.in_dim = in_dim
         self.canonical = canonical
         norm: nn.Module
-        if not standardize:
+        if quantile:
+            norm = QuantileNorm(in_dim)
+        elif not standardize:
             norm = nn.Identity()
         else:
             norm = nn.LazyBatchNorm1d(eps=1e-8, affine=False) if in_dim is None else nn.BatchNorm1d(in_dim, eps=1e-8, affine=False)

@@ -7,7 +7,9 @@ r"""QuasiGMN: learned gauges on the canonical section, unconstrained message pas
     (h^{\ell+1}, e^{\ell+1}) = \mathrm{Conv}_\ell\big(h^\ell, e^\ell, \mathrm{Enc}_\ell(\tilde\theta^\ell)\big),
 
 .. math::
-    y = \phi_{out}\big[\mathrm{Pool}(h^L)\big] + \psi\Big(\mathrm{BN}\big(\mathrm{stats}(\hat\theta)\big)\Big).
+    y = \phi_{out}\big[\mathrm{Pool}(h^L)\big] + \psi\Big(N\big(\mathrm{stats}(\hat\theta)\big)\Big),
+
+N a per-column standardization (BatchNorm moments) or the training CDF (``stats_transform="quantile"``).
 
 The section (:func:`~qegraph.symmetry.canonical.canonicalize`) turns the group of the raw network into
 the finite residual group; the learned gauges a_ℓ (:class:`~qegraph.nn.section.LearnedGauge`) pick,
@@ -48,10 +50,12 @@ from qegraph.nn.alignment import AlignmentSection, FlatHead, architecture_key
 from qegraph.nn.canonical_stats import STATS_PER_DEPTH, depth_statistics
 from qegraph.nn.encoders import NUM_EDGE_TYPES, NUM_NODE_TYPES, PositionEncoding, mlp
 from qegraph.nn.ops import gather_rows
+from qegraph.nn.quantile_norm import QuantileNorm
 from qegraph.nn.section import LearnedGauge, SectionContext, canonical_input, even_view
 from qegraph.nn.sign_conv import SignEquivariantConv
 
 GAUGES = ("none", "input", "layers")
+STATS_TRANSFORMS = ("standardize", "quantile")
 
 
 class SectionNodeEncoder(nn.Module):
@@ -136,7 +140,7 @@ class SectionReadout(nn.Module):
     """Invariant readout: per-layer pooling of even views, fixed units by position, canonical statistics."""
 
     def __init__(self, channels: int, out_dim: int, hidden: int, *, stats: bool, stats_max_depth: int,
-                 readout_norm: bool, dropout: float) -> None:
+                 readout_norm: bool, dropout: float, stats_transform: str = "standardize") -> None:
         super().__init__()
         c, k = channels, hidden
         self.unit = mlp([c, k, k])
@@ -149,8 +153,11 @@ class SectionReadout(nn.Module):
         self.stats_max_depth = stats_max_depth
         self.use_stats = stats
         if stats:  # a StatNN on the canonical weights, added to the output (a skip path to the head)
+            if stats_transform not in STATS_TRANSFORMS:
+                raise QegraphError(f"stats_transform must be one of {', '.join(STATS_TRANSFORMS)}, got {stats_transform!r}")
             width = stats_max_depth * STATS_PER_DEPTH
-            self.stats_norm = BatchStandardize(width, eps=1e-8)
+            self.stats_norm = (BatchStandardize(width, eps=1e-8) if stats_transform == "standardize"
+                               else QuantileNorm(width))
             self.stats_head = nn.Sequential(nn.Linear(width, 2 * k), nn.ReLU(), nn.Dropout(dropout),
                                             nn.Linear(2 * k, k), nn.ReLU(), nn.Linear(k, out_dim))
         self.out = nn.Sequential(nn.Linear(2 * k, k), nn.SiLU(), nn.Dropout(dropout), nn.Linear(k, out_dim))
@@ -220,6 +227,9 @@ class QuasiGMN(nn.Module):
             ``"none"`` (the section only).
         stats: add the per-layer statistics of the canonical weights as a skip path to the head.
         stats_max_depth: the deepest unit depth the statistics support.
+        stats_transform: how the statistics enter the head: ``"standardize"`` (z-scores with the training
+            moments) or ``"quantile"`` (through their training CDF, :class:`~qegraph.nn.quantile_norm.QuantileNorm`,
+            fitted by the training task at fit start; the better choice for small zoos, see docs/results.md).
         readout_hidden: width of the readout (default ``hidden_dim``).
         readout_norm: standardize the pooled readout vector (BatchNorm; for zoos of near-identical nets).
         dropout: dropout on the additive updates and in the head.
@@ -241,6 +251,7 @@ class QuasiGMN(nn.Module):
         gauge: str = "layers",
         stats: bool = True,
         stats_max_depth: int = 64,
+        stats_transform: str = "standardize",
         readout_hidden: int | None = None,
         readout_norm: bool = False,
         dropout: float = 0.0,
@@ -256,7 +267,8 @@ class QuasiGMN(nn.Module):
         self.flat = FlatHead(out_dim, flat_hidden, dropout) if flat else None
         self.backbone = SectionBackbone(hidden_dim, num_layers, gauge, max_slots, dropout)
         self.readout = SectionReadout(hidden_dim, out_dim, readout_hidden or hidden_dim, stats=stats,
-                                      stats_max_depth=stats_max_depth, readout_norm=readout_norm, dropout=dropout)
+                                      stats_max_depth=stats_max_depth, readout_norm=readout_norm, dropout=dropout,
+                                      stats_transform=stats_transform)
 
     def set_references(self, graphs: list[ParameterGraph]) -> None:
         """With ``align=True``: the reference network of each architecture (the first of ``graphs`` of
@@ -289,5 +301,5 @@ class QuasiGMN(nn.Module):
         return y
 
 
-__all__ = ["BatchStandardize", "GAUGES", "QuasiGMN", "SectionBackbone", "SectionEdgeEncoder", "SectionNodeEncoder", "SectionReadout",
+__all__ = ["BatchStandardize", "GAUGES", "STATS_TRANSFORMS", "QuasiGMN", "SectionBackbone", "SectionEdgeEncoder", "SectionNodeEncoder", "SectionReadout",
            "SlotEncoder"]

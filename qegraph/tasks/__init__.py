@@ -4,5 +4,6 @@ from qegraph.tasks.base import GraphTask
 from qegraph.tasks.classification import INRClassification
 from qegraph.tasks.editing import WeightEditing
 from qegraph.tasks.generalization import GeneralizationPrediction
+from qegraph.tasks.norm_stats import fit_quantile_norms, recompute_batchnorm_stats
 
-__all__ = ["GraphTask", "GeneralizationPrediction", "INRClassification", "WeightEditing"]
+__all__ = ["GraphTask", "GeneralizationPrediction", "INRClassification", "WeightEditing", "fit_quantile_norms", "recompute_batchnorm_stats"]

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from qegraph.tasks.norm_stats import batchnorm_layers, recompute_batchnorm_stats
+from qegraph.tasks.norm_stats import batchnorm_layers, fit_quantile_norms, quantile_norm_layers, recompute_batchnorm_stats
 
 
 class GraphTask(L.LightningModule):
@@ -104,6 +104,10 @@ class GraphTask(L.LightningModule):
         dm = self.trainer.datamodule
         if set_references is not None and dm is not None and hasattr(dm, "reference_graphs"):
             set_references(dm.reference_graphs())
+        if quantile_norm_layers(self.model, unfitted_only=True) and dm is not None:
+            # QuantileNorm layers (e.g. QuasiGMN(stats_transform="quantile")): knots from one pass over the
+            # training split, as it is trained on; a resumed or fine-tuned model keeps its fitted knots
+            fit_quantile_norms(self.model, self._training_pass(dm, epoch=0), unfitted_only=True)
 
     def on_validation_epoch_start(self) -> None:
         """Models with BatchNorm layers: re-estimate their moments over the training split first, with
@@ -111,18 +115,18 @@ class GraphTask(L.LightningModule):
         saved checkpoint use the exact moments of what the model is trained on."""
         if not batchnorm_layers(self.model) or self.trainer.datamodule is None:
             return
-        dm = self.trainer.datamodule
+        recompute_batchnorm_stats(self.model, self._training_pass(self.trainer.datamodule, self.current_epoch))
+
+    def _training_pass(self, dm: Any, epoch: int) -> Any:
+        """The training split in evaluation order, on the model's device, augmented as in training."""
         loader = dm.eval_train_dataloader() if hasattr(dm, "eval_train_dataloader") else dm.train_dataloader()
         augment_like_training = getattr(dm, "augment_like_training", None)
         # a CPU generator: group elements are drawn on the CPU (the same on every device) and act on
         # the batch where it lives
-        gen = torch.Generator().manual_seed(self.current_epoch)
-
-        def prepare(batch: Any) -> Any:  # the moments of what the model is trained on
+        gen = torch.Generator().manual_seed(epoch)
+        for batch in loader:  # what the model is trained on
             batch = batch.to(self.device)
-            return batch if augment_like_training is None else augment_like_training(batch, gen)
-
-        recompute_batchnorm_stats(self.model, loader, prepare)
+            yield batch if augment_like_training is None else augment_like_training(batch, gen)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

@@ -6,6 +6,10 @@ fitted from one shared initialisation). Exponential running moments lag behind t
 than that, so evaluation with them is meaningless; :func:`recompute_batchnorm_stats` replaces them by
 the exact moments of the current model over a pass of the training data (cumulative average,
 ``momentum=None``), with every other module left in its current mode.
+
+:func:`fit_quantile_norms` fits the knots of :class:`~qegraph.nn.quantile_norm.QuantileNorm` layers the same
+way: one pass over the training data records their inputs (in a distributed run, gathered from every
+process, so all of them fit the same knots).
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from itertools import chain
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
+
+from qegraph.nn.quantile_norm import QuantileNorm
 
 
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
@@ -50,4 +56,52 @@ def recompute_batchnorm_stats(model: nn.Module, batches: Iterable[Any], prepare:
         for m, training, momentum in modes:
             m.momentum = momentum
             m.train(training)
+    return n
+
+
+def quantile_norm_layers(model: nn.Module, unfitted_only: bool = False) -> list[QuantileNorm]:
+    """The :class:`QuantileNorm` layers of ``model`` (only those not fitted yet with ``unfitted_only``)."""
+    return [m for m in model.modules() if isinstance(m, QuantileNorm) and not (unfitted_only and bool(m.fitted))]
+
+
+def _gather_rows(x: Tensor) -> Tensor:
+    """The rows of ``x`` of every process of a distributed run (``x`` itself outside one)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    n = torch.tensor([x.size(0)], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    most = int(max(int(s) for s in sizes))
+    padded = x.new_zeros(most, *x.shape[1:])
+    padded[: x.size(0)] = x
+    parts = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+
+
+@torch.no_grad()
+def fit_quantile_norms(model: nn.Module, batches: Iterable[Any], prepare: Callable[[Any], Any] = lambda b: b,
+                       unfitted_only: bool = False) -> int:
+    """Fit every :class:`QuantileNorm` layer of ``model`` (only unfitted ones with ``unfitted_only``) to its
+    inputs over ``batches`` (each passed through ``prepare`` first). Returns the number of batches."""
+    layers = quantile_norm_layers(model, unfitted_only)
+    if not layers:
+        return 0
+    n = 0
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()  # no side effects (BatchNorm moments, dropout) while recording
+    for m in layers:
+        m.collect(True)
+    try:
+        for batch in batches:
+            model(prepare(batch))
+            n += 1
+        for m in layers:
+            m.fit(_gather_rows(m.collected()))
+    finally:
+        for m in layers:
+            m.collect(False)
+        for m, training in modes:
+            m.training = training
     return n
