@@ -45,7 +45,7 @@ def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def write_config(tmp: Path, zoo: str, *, max_epochs: int = 1, batch_size: int = 8, augment_k: float | None = 1.0,
-                 monitor: str | None = "val/kendall_tau") -> Path:
+                 monitor: str | None = "val/kendall_tau", model: dict | None = None) -> Path:
     ckpt = {"dirpath": str(tmp / "ckpt"), "save_last": True}
     if monitor:
         ckpt.update(monitor=monitor, mode="max")
@@ -61,8 +61,8 @@ def write_config(tmp: Path, zoo: str, *, max_epochs: int = 1, batch_size: int = 
         },
         "model": {"class_path": "qegraph.tasks.GeneralizationPrediction",
                   "init_args": {"lr": 0.003, "model": {"class_path": "qegraph.nn.QuasiGMN",
-                                                       "init_args": {"hidden_dim": 8, "num_layers": 1,
-                                                                     "stats": False}}}},
+                                                       "init_args": model or {"hidden_dim": 8, "num_layers": 1,
+                                                                              "stats": False}}}},
         "data": {"class_path": "qegraph.data.ZooDataModule",
                  "init_args": {"zoo_dir": zoo, "batch_size": batch_size, "augment_k": augment_k, **SPLIT}},
     }
@@ -169,10 +169,11 @@ def test_ddp_two_cpu_processes_match_a_single_process(zoo: str, tmp_path: Path, 
     "Match" means: the same trained parameters and the same val/test metrics (to float tolerance).
     This holds because each epoch is one full-batch step: the single process sees all 20 training
     graphs in one batch of 20, each DDP rank a disjoint half (batch 10) and DDP averages the two
-    gradients, which is the full-batch mean gradient. Both runs use ``QuasiGMN(stats=False)``: the
-    statistics skip path standardizes with BatchNorm, whose batch moments are per rank under DDP
-    (``--trainer.sync_batchnorm true`` synchronises them, on GPUs only), so with it the two runs
-    legitimately differ. Val/test metrics are scored on predictions
+    gradients, which is the full-batch mean gradient. Both runs use QuasiGMN with its statistics skip
+    path through their training CDF (``stats_transform="quantile"``): every rank fits the same knots from
+    the whole training split at fit start, so the skip path is the same function on both ranks. (With
+    standardized statistics the runs legitimately differ: BatchNorm's batch moments are per rank under
+    DDP; ``--trainer.sync_batchnorm true`` synchronises them, on GPUs only.) Val/test metrics are scored on predictions
     gathered from both ranks; the val (5) and test (15) sets have odd sizes, so the distributed
     sampler pads them with a repeated graph, which must be dropped (by ``zoo_id``) for R², MAE and
     Kendall τ to equal the single-process values.
@@ -180,10 +181,11 @@ def test_ddp_two_cpu_processes_match_a_single_process(zoo: str, tmp_path: Path, 
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     single.mkdir()
     ddp.mkdir()
+    model = {"hidden_dim": 8, "num_layers": 1, "stats_transform": "quantile", "stats_max_depth": 8}
     assert main(["fit", "--config", str(write_config(single, zoo, max_epochs=2, batch_size=20, augment_k=None,
-                                                      monitor=None))]) == 0
+                                                      monitor=None, model=model))]) == 0
     capsys.readouterr()
-    cfg = write_config(ddp, zoo, max_epochs=2, batch_size=10, augment_k=None, monitor=None)
+    cfg = write_config(ddp, zoo, max_epochs=2, batch_size=10, augment_k=None, monitor=None, model=model)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, "-m", "qegraph.cli", "fit", "--config", str(cfg),
@@ -203,6 +205,6 @@ def test_ddp_two_cpu_processes_match_a_single_process(zoo: str, tmp_path: Path, 
 
     sd1 = torch.load(single / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     sd2 = torch.load(ddp / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    assert sd1.keys() == sd2.keys()
+    assert sd1.keys() == sd2.keys() and bool(sd1["model.readout.stats_norm.fitted"])
     for k in sd1:
         assert torch.allclose(sd1[k], sd2[k], rtol=0, atol=1e-5), (k, (sd1[k] - sd2[k]).abs().max())

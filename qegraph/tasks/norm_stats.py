@@ -8,8 +8,9 @@ the exact moments of the current model over a pass of the training data (cumulat
 ``momentum=None``), with every other module left in its current mode.
 
 :func:`fit_quantile_norms` fits the knots of :class:`~qegraph.nn.quantile_norm.QuantileNorm` layers the same
-way: one pass over the training data records their inputs (in a distributed run, gathered from every
-process, so all of them fit the same knots).
+way: one pass over the training data records their inputs. The training task passes the whole training
+split in a fixed order to every process of a distributed run (the loader is not sharded), so every rank
+fits the same knots and, unlike BatchNorm moments, nothing differs between ranks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from itertools import chain
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
@@ -64,22 +65,6 @@ def quantile_norm_layers(model: nn.Module, unfitted_only: bool = False) -> list[
     return [m for m in model.modules() if isinstance(m, QuantileNorm) and not (unfitted_only and bool(m.fitted))]
 
 
-def _gather_rows(x: Tensor) -> Tensor:
-    """The rows of ``x`` of every process of a distributed run (``x`` itself outside one)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    n = torch.tensor([x.size(0)], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    most = int(max(int(s) for s in sizes))
-    padded = x.new_zeros(most, *x.shape[1:])
-    padded[: x.size(0)] = x
-    parts = [torch.zeros_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
-
-
 @torch.no_grad()
 def fit_quantile_norms(model: nn.Module, batches: Iterable[Any], prepare: Callable[[Any], Any] = lambda b: b,
                        unfitted_only: bool = False) -> int:
@@ -98,7 +83,7 @@ def fit_quantile_norms(model: nn.Module, batches: Iterable[Any], prepare: Callab
             model(prepare(batch))
             n += 1
         for m in layers:
-            m.fit(_gather_rows(m.collected()))
+            m.fit(m.collected())
     finally:
         for m in layers:
             m.collect(False)
