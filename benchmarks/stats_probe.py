@@ -89,8 +89,7 @@ def mlp_score(x: dict[str, Tensor], y: dict[str, Tensor], transform: str, seed: 
     z = {s: norm(x[s]).float() for s in SPLITS}
     target = {s: y[s].float() for s in SPLITS}
     h = 256
-    net = nn.Sequential(nn.Linear(z["train"].size(1), h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h),
-                        nn.ReLU(), nn.Linear(h, 1))
+    net = nn.Sequential(nn.Linear(z["train"].size(1), h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1))  # StatNN's head
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     n = z["train"].size(0)

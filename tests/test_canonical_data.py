@@ -173,13 +173,20 @@ def test_training_task_fits_quantile_norms_on_the_training_split_once(cnn_zoo: P
                             limit_val_batches=1, num_sanity_val_steps=0)
         trainer.fit(task, dm)
         qn = next(m for m in task.model.modules() if isinstance(m, qegraph.nn.QuantileNorm))
-        ref_model = make()
-        fit_quantile_norms(ref_model, dm.eval_train_dataloader())  # un-augmented: the statistics of θ̂ are invariant
-        ref = next(m for m in ref_model.modules() if isinstance(m, qegraph.nn.QuantileNorm))
-        if isinstance(task.model, QuasiGMN):
-            assert torch.allclose(qn.knots, ref.knots, rtol=1e-5, atol=1e-7)
-        else:  # raw statistics: fitted on what the model is trained on, the augmented split (k = 1)
-            assert bool(qn.fitted) and not torch.allclose(qn.knots, ref.knots, rtol=1e-3)
+        gen = torch.Generator().manual_seed(0)  # the training task's draw for its fitting pass (epoch 0)
+        augmented = [dm.augment_like_training(b, gen) for b in dm.eval_train_dataloader()]
+        plain = list(dm.eval_train_dataloader())
+        refs = []
+        for batches in (augmented, plain):
+            ref_model = make()
+            fit_quantile_norms(ref_model, batches)
+            refs.append(next(m for m in ref_model.modules() if isinstance(m, qegraph.nn.QuantileNorm)))
+        # fitted on what the model is trained on: the augmented split (k = 1)
+        assert torch.equal(qn.knots, refs[0].knots) and torch.equal(qn.constant, refs[0].constant)
+        if isinstance(task.model, QuasiGMN):  # statistics of θ̂: invariant, the augmentation changes nothing
+            assert torch.allclose(qn.knots, refs[1].knots, rtol=1e-5, atol=1e-7)
+        else:  # raw statistics move under the group elements
+            assert not torch.allclose(qn.knots, refs[1].knots, rtol=1e-3)
         knots = qn.knots.clone()
         trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, limit_train_batches=1,
@@ -188,3 +195,30 @@ def test_training_task_fits_quantile_norms_on_the_training_split_once(cnn_zoo: P
             qn.knots.add_(1.0)  # a marker: a refit would overwrite it
         trainer.fit(task, dm)
         assert torch.equal(qn.knots, knots + 1.0)
+
+
+
+@pytest.mark.slow  # two one-step Lightning fits
+def test_quantile_norms_need_a_datamodule_or_a_prior_fit(cnn_zoo: Path, tmp_path: Path) -> None:
+    """trainer.fit with bare loaders cannot know the training split: a clear error before any step; fitting
+    first with fit_quantile_norms makes the same call train."""
+    import lightning as L
+
+    from qegraph.tasks import GeneralizationPrediction, fit_quantile_norms
+    from torch_geometric.loader import DataLoader
+
+    dm = ZooDataModule(str(cnn_zoo), augment_k=None, val_fraction=0.25, test_fraction=0.25, cache_dir=str(tmp_path),
+                       batch_size=8)
+    dm.setup()
+    loader = DataLoader(dm.splits["train"], batch_size=8)
+    model = QuasiGMN(hidden_dim=8, num_layers=1, stats_transform="quantile", stats_max_depth=8)
+
+    def trainer() -> L.Trainer:
+        return L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_train_batches=1)
+
+    with pytest.raises(qegraph.QegraphError, match="pass a LightningDataModule"):
+        trainer().fit(GeneralizationPrediction(model), train_dataloaders=loader)
+    fit_quantile_norms(model, loader)
+    trainer().fit(GeneralizationPrediction(model), train_dataloaders=loader)
+    assert bool(model.readout.stats_norm.fitted)

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch_geometric.data import Batch
 
 import qegraph
 from qegraph.nn import QuantileNorm, QuasiGMN, StatNN
-from qegraph.nn.quantile_norm import KNOT_GAP
+from qegraph.nn.quantile_norm import CONSTANT_RTOL, KNOT_GAP
 from qegraph.symmetry import symmetry_group
 from qegraph.tasks import fit_quantile_norms
-from test_section_model import GRAPHS, NETS
+from test_section_model import GRAPHS
 
 
 def _rel(a: Tensor, b: Tensor) -> float:
@@ -64,6 +64,13 @@ def test_errors_and_state() -> None:
         qn(torch.zeros(3, 2))
     with pytest.raises(qegraph.QegraphError, match=r"\[n >= 1, 2\]"):
         qn.fit(torch.zeros(3, 4))
+    unsized = QuantileNorm()
+    for bad in (torch.zeros(0, 4), torch.zeros(3, 0), torch.zeros(5)):
+        with pytest.raises(qegraph.QegraphError, match="QuantileNorm.fit needs"):
+            unsized.fit(bad)
+    assert unsized.num_features is None and unsized.knots.shape == (0, 21)  # a failed fit leaves it unsized
+    with pytest.raises(qegraph.QegraphError, match="stats_transform must be one of"):
+        QuasiGMN(stats=False, stats_transform="rank")
     with pytest.raises(qegraph.QegraphError, match="NaN or inf"):
         qn.fit(torch.tensor([[0.0, float("nan")]]))
     qn.fit(torch.randn(10, 2, generator=torch.Generator().manual_seed(0)))
@@ -78,13 +85,24 @@ def test_errors_and_state() -> None:
     assert fresh.num_features == 4 and bool(fresh.fitted) and torch.equal(fresh(x), lazy(x))
 
 
+def _failing(batches: list) -> object:
+    yield from batches
+    raise RuntimeError("boom")
+
+
 def test_fit_quantile_norms_records_the_statistics_and_restores_modes() -> None:
     graphs = [GRAPHS[n] for n in ("res_cnn", "tanh_mlp", "transformer")]
     model = QuasiGMN(out_dim=1, hidden_dim=8, num_layers=1, stats_transform="quantile", stats_max_depth=16,
                      dropout=0.1).double().train()
-    assert fit_quantile_norms(model, [Batch.from_data_list(graphs[:2]), graphs[2]]) == 2
-    assert model.training and all(m.training for m in model.modules())
+    model.backbone.eval()  # a mix of modes, restored as it was
+    modes = {name: m.training for name, m in model.named_modules()}
     qn = model.readout.stats_norm
+    with pytest.raises(RuntimeError, match="boom"):  # recording ends whatever ends the pass
+        fit_quantile_norms(model, _failing([graphs[0]]))
+    assert qn._collected is None and not bool(qn.fitted)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert fit_quantile_norms(model, [Batch.from_data_list(graphs[:2]), graphs[2]]) == 2
+    assert {name: m.training for name, m in model.named_modules()} == modes and qn._collected is None
     # the knots are the quantiles of the canonical statistics of the three networks
     from qegraph.nn.canonical_stats import depth_statistics
     from qegraph.nn.section import SectionContext, canonical_input
@@ -103,7 +121,7 @@ def test_fit_quantile_norms_records_the_statistics_and_restores_modes() -> None:
 @torch.no_grad()
 def test_quasigmn_with_quantile_statistics_is_invariant(name: str) -> None:
     """Float64, relative ≤ 1e-10, scales up to 10^6 and GL gauges of condition 10^3; the model is fitted
-    on group-transformed copies, so the test networks fall between the knots."""
+    on noisy copies of the network (5 % on every weight), so the test network falls between the knots."""
     g = GRAPHS[name]
     torch.manual_seed(0)
     model = QuasiGMN(out_dim=2, hidden_dim=16, num_layers=2, stats_transform="quantile").double().eval()
@@ -112,7 +130,11 @@ def test_quasigmn_with_quantile_statistics_is_invariant(name: str) -> None:
                                                                                generator=torch.Generator().manual_seed(s))))
              for s in range(6)]
     fit_quantile_norms(model, [Batch.from_data_list(noisy)])
+    qn = model.readout.stats_norm
+    assert int((~qn.constant).sum()) >= 10  # the statistics path really varies
     y = model(g)
+    stats_in = qn(qn.knots[:, 10].unsqueeze(0))  # the medians map inside (−1, 1), not to a clamp
+    assert bool((stats_in[0][~qn.constant].abs() < 0.5).all())
     for seed in range(2):
         el = group.sample(generator=torch.Generator().manual_seed(seed), scale_range=(1.0, 1e6), gl_cond=1e3)
         assert _rel(y, model(el.act(g))) <= 1e-10
@@ -139,3 +161,53 @@ def test_statnn_quantile_on_the_section_is_invariant_and_raw_is_not() -> None:
     fit_quantile_norms(raw, [Batch.from_data_list(noisy)])
     raw.eval()
     assert _rel(raw(g), raw(el.act(g))) >= 1e-3  # raw statistics are not invariant
+
+
+@pytest.mark.parametrize("name", ["transformer", "bert", "res_cnn"])
+@torch.no_grad()
+def test_fitted_on_group_transformed_copies_of_one_network(name: str) -> None:
+    """Copies of one network under its group (scales up to 10^6, GL condition 10^3) have the same statistics
+    up to round-off: every column is flagged constant (CONSTANT_RTOL), so round-off is not stretched over
+    [−1, 1], and the output stays invariant to ≤ 1e-10."""
+    g = GRAPHS[name]
+    group = symmetry_group(g)
+    copies = [group.sample(generator=torch.Generator().manual_seed(100 + s), scale_range=(1.0, 1e6), gl_cond=1e3).act(g)
+              for s in range(6)]
+    torch.manual_seed(0)
+    model = QuasiGMN(out_dim=2, hidden_dim=16, num_layers=2, stats_transform="quantile").double().eval()
+    fit_quantile_norms(model, [Batch.from_data_list(copies)])
+    qn = model.readout.stats_norm
+    spread = qn.knots[:, -1] - qn.knots[:, 0]
+    assert bool(qn.constant.all()) and float((spread / qn.knots.abs().amax(1).clamp(min=1e-300)).max()) <= CONSTANT_RTOL
+    y = model(g)
+    el = group.sample(generator=torch.Generator().manual_seed(0), scale_range=(1.0, 1e6), gl_cond=1e3)
+    assert _rel(y, model(el.act(g))) <= 1e-10
+
+
+def test_knots_stay_float64_and_the_map_has_no_jumps_in_float32() -> None:
+    """Knots 1e-6 apart relative to their value (a narrow column): casting the module to float32 or
+    float16 keeps the knots float64, and float32 inputs one ulp apart map to outputs that differ by at most
+    the slope times that ulp (no merged knots, no jump)."""
+    col = 1.0 + 1e-6 * torch.linspace(0, 1, 101, dtype=torch.float64)
+    qn = QuantileNorm(1)
+    qn.fit(col.unsqueeze(1))
+    for cast in (lambda m: m.float(), lambda m: m.half(), lambda m: m.to(torch.bfloat16)):
+        assert cast(qn).knots.dtype == torch.float64
+    x = torch.tensor([1.0 + 5e-7], dtype=torch.float32)
+    ulp = float(torch.nextafter(x, torch.tensor(2.0)) - x)
+    y0 = qn(x.unsqueeze(1))
+    y1 = qn(torch.nextafter(x, torch.tensor(2.0)).unsqueeze(1))
+    slope = 2 / ((qn.num_knots - 1) * float(qn.knots.diff(dim=1).min()))
+    assert y0.dtype == torch.float32 and 0 < float(y1 - y0) <= slope * ulp * 1.01
+    # the whole float32 grid through the column's range: monotone, every step bounded by the slope
+    grid = torch.arange(int(round(1.2e-6 / ulp))) * ulp + 1.0 - 1e-7
+    out = qn(grid.float().unsqueeze(1)).squeeze(1).double()
+    assert bool((out.diff() >= 0).all()) and float(out.diff().max()) <= slope * ulp * 1.01
+
+
+def test_gradients_flow_inside_the_range_only() -> None:
+    qn = QuantileNorm(1)
+    qn.fit(torch.arange(11, dtype=torch.float64).unsqueeze(1))  # knots 0, 0.5, …, 10
+    x = torch.tensor([[3.3], [-4.0], [12.0]], dtype=torch.float64, requires_grad=True)
+    qn(x).sum().backward()
+    assert torch.allclose(x.grad.squeeze(1), torch.tensor([2 / 10, 0.0, 0.0], dtype=torch.float64))

@@ -120,9 +120,11 @@ def test_cli_reports_unknown_keys_and_bad_values(tmp_path: Path, capsys: pytest.
 # ------------------------------------------------------------------------------------------- resume
 
 
-def _fit(zoo: str, ckpt_dir: Path, max_epochs: int, ckpt_path: str | None = None):  # noqa: ANN202
+def _fit(zoo: str, ckpt_dir: Path, max_epochs: int, ckpt_path: str | None = None,  # noqa: ANN202
+         stats_transform: str = "standardize"):
     L.seed_everything(0, verbose=False)
-    task = GeneralizationPrediction(QuasiGMN(hidden_dim=8, num_layers=1), lr=0.003, max_lr_epochs=2)
+    model = QuasiGMN(hidden_dim=8, num_layers=1, stats_transform=stats_transform, stats_max_depth=8)
+    task = GeneralizationPrediction(model, lr=0.003, max_lr_epochs=2)
     dm = ZooDataModule(zoo, batch_size=8, augment_k=1.0, **SPLIT)
     trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
@@ -135,15 +137,21 @@ def _fit(zoo: str, ckpt_dir: Path, max_epochs: int, ckpt_path: str | None = None
 
 
 @pytest.mark.slow
-def test_resumed_run_matches_uninterrupted_run(zoo: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stats_transform", ["standardize", "quantile"])
+def test_resumed_run_matches_uninterrupted_run(zoo: str, tmp_path: Path, stats_transform: str) -> None:
     """2 epochs straight vs 1 epoch, stop, resume from last.ckpt for the 2nd: bitwise the same
     parameters, val and test metrics, with training augmentation on (augment_k=1: random
     scalings/permutations seeded by the global step, and an epoch-seeded shuffle). Exact equality
     matters: the metanetwork is nearly invariant to the augmentation, so drawing other group
-    elements (e.g. from the unrestored global RNG) moves the results only in the last bits."""
-    val_a, test_a, params_a = _fit(zoo, tmp_path / "a", 2)
-    _, _, params_1 = _fit(zoo, tmp_path / "b", 1)
-    val_b, test_b, params_b = _fit(zoo, tmp_path / "b2", 2, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    elements (e.g. from the unrestored global RNG) moves the results only in the last bits. Both
+    statistics paths: BatchNorm moments re-estimated before validation, QuantileNorm knots fitted at the
+    first fit start and restored from the checkpoint on resume."""
+    val_a, test_a, params_a = _fit(zoo, tmp_path / "a", 2, stats_transform=stats_transform)
+    _, _, params_1 = _fit(zoo, tmp_path / "b", 1, stats_transform=stats_transform)
+    val_b, test_b, params_b = _fit(zoo, tmp_path / "b2", 2, ckpt_path=str(tmp_path / "b" / "last.ckpt"),
+                                   stats_transform=stats_transform)
+    if stats_transform == "quantile":
+        assert bool(params_b["model.readout.stats_norm.fitted"])
 
     assert params_a.keys() == params_b.keys()
     for k in params_a:

@@ -90,8 +90,8 @@ class StatNN(nn.Module):
     """Per-layer weight statistics → MLP (Unterthiner et al.). ``in_dim=None``: inferred at the first call.
     ``standardize``: z-score every statistic with batch (training) / running (eval) moments first.
     ``canonical``: statistics of the canonical form, exactly invariant (module docstring).
-    ``quantile``: map every statistic through its training CDF instead (:class:`~qegraph.nn.quantile_norm.QuantileNorm`,
-    fitted by the training task at fit start)."""
+    ``quantile``: map every statistic through its training CDF (:class:`~qegraph.nn.quantile_norm.QuantileNorm`,
+    fitted by the training task at fit start) instead of standardizing it (``standardize`` is then unused)."""
 
     def __init__(self, *, out_dim: int = 1, hidden_dim: int = 256, num_layers: int = 2, in_dim: int | None = None,
                  standardize: bool = True, canonical: bool = False, quantile: bool = False) -> None:

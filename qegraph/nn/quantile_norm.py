@@ -12,12 +12,18 @@ them leaves most networks in a narrow band and a few far out, where a small trai
 nothing. Mapping them through their CDF spreads the training networks evenly over [−1, 1] and bounds
 unseen ones (the way decision trees see features, which is why trees beat MLPs on these statistics).
 
-A monotone map per column of invariant features keeps them invariant. Knots are made strictly increasing
-(a floor of ``1e-4`` of the column's range between neighbours), so F̃ is continuous and Lipschitz and
-round-off of the input moves the output by round-off; columns constant over the fitting set map to 0.
+A monotone map per column of invariant features keeps them invariant, and the map is continuous: knots
+are kept strictly increasing (neighbours at least ``KNOT_GAP`` of the column's range apart), the knots stay
+float64 whatever the module is cast to, and the map is evaluated in float64, so inputs that agree to
+round-off give outputs that agree to round-off times the slope (2 / ((K − 1) · gap)). A column whose
+fitting values agree to ``CONSTANT_RTOL`` of their magnitude — round-off, not a difference between
+networks — maps to 0, so round-off is never stretched over [−1, 1].
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -26,13 +32,19 @@ from qegraph.errors import QegraphError
 
 #: the smallest gap between neighbouring knots, relative to the column's range over the fitting set
 KNOT_GAP = 1e-4
+#: columns whose range over the fitting set is at most this fraction of their magnitude are constant (→ 0)
+CONSTANT_RTOL = 1e-8
 
 
 class QuantileNorm(nn.Module):
-    """Per-column empirical-CDF map to [−1, 1] (module docstring), fitted once with :meth:`fit`.
+    r"""Per-column empirical-CDF map to [−1, 1], fitted once with :meth:`fit` (details in the module docstring):
+
+    .. math::
+        \mathrm{QN}(x)_j = \frac{2\,(k + t)}{K - 1} - 1, \qquad
+        t = \mathrm{clamp}\Big(\frac{x_j - q_{jk}}{q_{j,k+1} - q_{jk}}, 0, 1\Big), \quad q_{jk} < x_j \le q_{j,k+1}.
 
     Args:
-        num_features: number of columns (``None``: taken from the data at :meth:`fit`).
+        num_features: number of columns (``None``: taken from the data at :meth:`fit`, or from a state dict).
         num_knots: quantiles per column (K ≥ 2).
     """
 
@@ -51,6 +63,14 @@ class QuantileNorm(nn.Module):
         self.knots = self.knots.new_zeros(num_features, self.num_knots)
         self.constant = self.constant.new_ones(num_features)
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> QuantileNorm:
+        """``.to(device)`` moves the knots; dtype casts (``.float()``, ``.half()``, precision plugins) leave
+        them float64 (rounded knots would merge and make the map jump)."""
+        knots = self.knots
+        super()._apply(fn, recurse)
+        self.knots = knots.to(self.fitted.device)
+        return self
+
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
         knots = state_dict.get(prefix + "knots")
         if knots is not None and self.knots.numel() == 0 and knots.numel():  # an unsized module takes the width
@@ -59,14 +79,16 @@ class QuantileNorm(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: Tensor) -> None:
-        """Set the knots to the quantiles of the rows of ``x`` ``[n, num_features]`` (n ≥ 1)."""
-        if self.num_features is None and x.dim() == 2:
-            self._resize(x.size(1))
-        if x.dim() != 2 or x.size(1) != self.num_features or x.size(0) == 0:
-            raise QegraphError(f"QuantileNorm.fit needs a [n >= 1, {self.num_features}] tensor, got {list(x.shape)}")
-        x = x.detach().to(self.knots.device, torch.float64)
+        """Set the knots to the quantiles of the rows of ``x`` ``[n ≥ 1, num_features]``."""
+        width = self.num_features if self.num_features is not None else (x.size(1) if x.dim() == 2 else -1)
+        if x.dim() != 2 or x.size(1) != width or x.size(0) == 0 or width < 1:
+            raise QegraphError(f"QuantileNorm.fit needs a [n >= 1, {self.num_features or 'F >= 1'}] tensor, "
+                               f"got {list(x.shape)}")
         if not bool(torch.isfinite(x).all()):
             raise QegraphError("QuantileNorm.fit: the fitting features contain NaN or inf")
+        if self.num_features is None:
+            self._resize(width)
+        x = x.detach().to(self.knots.device, torch.float64)
         # linear-interpolation quantiles of every column (torch.quantile refuses inputs over 2^24 values)
         srt = x.sort(dim=0).values
         pos = torch.linspace(0, x.size(0) - 1, self.num_knots, dtype=torch.float64, device=x.device)
@@ -75,44 +97,50 @@ class QuantileNorm(nn.Module):
         frac = (pos - lo).unsqueeze(1)
         knots = (srt[lo] * (1 - frac) + srt[hi] * frac).t().contiguous()  # [F, K]
         span = knots[:, -1] - knots[:, 0]
-        scale = torch.maximum(span, knots.abs().amax(dim=1))
-        self.constant.copy_(span <= 1e-12 * scale)
+        self.constant.copy_(span <= CONSTANT_RTOL * knots.abs().amax(dim=1))
         gap = (KNOT_GAP * span).unsqueeze(1)
         ramp = gap * torch.arange(self.num_knots, dtype=torch.float64, device=x.device)
         self.knots.copy_(torch.cummax(knots - ramp, dim=1).values + ramp)  # neighbours ≥ gap apart
         self.fitted.fill_(True)
 
-    def collect(self, on: bool) -> None:
-        """``on``: the following forward calls record their input and pass it through unchanged (used by
-        :func:`~qegraph.tasks.norm_stats.fit_quantile_norms`); ``off``: stop and drop what was recorded."""
-        self._collected = [] if on else None
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Within the block, forward calls record their input and pass it through unchanged (used by
+        :func:`~qegraph.tasks.norm_stats.fit_quantile_norms`); :meth:`collected` returns what was recorded
+        until the block ends, whatever ends it."""
+        self._collected = []
+        try:
+            yield
+        finally:
+            self._collected = None
 
     def collected(self) -> Tensor:
-        """The rows recorded since ``collect(True)``."""
+        """The rows recorded so far inside :meth:`recording`."""
         if not self._collected:
-            raise QegraphError("QuantileNorm recorded no input: run the model on the fitting data while collecting")
+            raise QegraphError("QuantileNorm recorded no input: run the model on the fitting data while recording")
         return torch.cat(self._collected)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x [n, num_features]`` → QN(x) in [−1, 1], in ``x``'s dtype (computed in float64)."""
         if self._collected is not None:
             self._collected.append(x.detach())
             return x
         if not bool(self.fitted):
             raise QegraphError(
-                "QuantileNorm is not fitted: train through a qegraph task (it fits on the training split at fit "
-                "start) or call qegraph.tasks.fit_quantile_norms(model, batches) first")
+                "QuantileNorm is not fitted: train through a qegraph task with a datamodule (it fits on the "
+                "training split at fit start) or call qegraph.tasks.fit_quantile_norms(model, batches) first")
         if x.dim() != 2 or x.size(1) != self.num_features:
             raise QegraphError(f"QuantileNorm was fitted to {self.num_features} columns, got input {list(x.shape)}")
-        knots = self.knots.to(x.dtype)
         k = self.num_knots
-        idx = torch.searchsorted(knots, x.t().contiguous()).clamp(1, k - 1)  # [F, n]: knots[idx-1] < x <= knots[idx]
-        lo, hi = knots.gather(1, idx - 1), knots.gather(1, idx)
-        t = ((x.t() - lo) / (hi - lo).clamp(min=torch.finfo(x.dtype).tiny)).clamp(0, 1)
-        u = ((idx - 1).to(x.dtype) + t) * (2 / (k - 1)) - 1
-        return u.masked_fill(self.constant.unsqueeze(1), 0).t()
+        xt = x.t().to(torch.float64).contiguous()
+        idx = torch.searchsorted(self.knots, xt).clamp(1, k - 1)  # [F, n]: knots[idx-1] < x <= knots[idx]
+        lo, hi = self.knots.gather(1, idx - 1), self.knots.gather(1, idx)
+        t = ((xt - lo) / (hi - lo).clamp(min=torch.finfo(torch.float64).tiny)).clamp(0, 1)
+        u = ((idx - 1).to(torch.float64) + t) * (2 / (k - 1)) - 1
+        return u.masked_fill(self.constant.unsqueeze(1), 0).t().to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, num_knots={self.num_knots}, fitted={bool(self.fitted)}"
 
 
-__all__ = ["KNOT_GAP", "QuantileNorm"]
+__all__ = ["CONSTANT_RTOL", "KNOT_GAP", "QuantileNorm"]

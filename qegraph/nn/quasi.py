@@ -152,9 +152,9 @@ class SectionReadout(nn.Module):
         self.norm: nn.Module = BatchStandardize(2 * k) if readout_norm else nn.Identity()
         self.stats_max_depth = stats_max_depth
         self.use_stats = stats
+        if stats_transform not in STATS_TRANSFORMS:
+            raise QegraphError(f"stats_transform must be one of {', '.join(STATS_TRANSFORMS)}, got {stats_transform!r}")
         if stats:  # a StatNN on the canonical weights, added to the output (a skip path to the head)
-            if stats_transform not in STATS_TRANSFORMS:
-                raise QegraphError(f"stats_transform must be one of {', '.join(STATS_TRANSFORMS)}, got {stats_transform!r}")
             width = stats_max_depth * STATS_PER_DEPTH
             self.stats_norm = (BatchStandardize(width, eps=1e-8) if stats_transform == "standardize"
                                else QuantileNorm(width))

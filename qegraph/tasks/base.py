@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from qegraph.errors import QegraphError
 from qegraph.tasks.norm_stats import batchnorm_layers, fit_quantile_norms, quantile_norm_layers, recompute_batchnorm_stats
 
 
@@ -99,15 +101,29 @@ class GraphTask(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Models that align their inputs to reference networks (``QuasiGMN(align=True)``) get the first
-        training graph of each architecture, the same in every process of a DDP run."""
+        training graph of each architecture, the same in every process of a DDP run. Unfitted
+        :class:`~qegraph.nn.quantile_norm.QuantileNorm` layers (``QuasiGMN(stats_transform="quantile")``,
+        ``StatNN(quantile=True)``) are fitted on one pass over the training split as it is trained on
+        (:func:`~qegraph.tasks.norm_stats.fit_quantile_norms`); a resumed or fine-tuned model keeps its
+        knots. In a DDP run every rank fits on the whole split, then takes rank 0's knots."""
         set_references = getattr(self.model, "set_references", None)
         dm = self.trainer.datamodule
         if set_references is not None and dm is not None and hasattr(dm, "reference_graphs"):
             set_references(dm.reference_graphs())
-        if quantile_norm_layers(self.model, unfitted_only=True) and dm is not None:
-            # QuantileNorm layers (e.g. QuasiGMN(stats_transform="quantile")): knots from one pass over the
-            # training split, as it is trained on; a resumed or fine-tuned model keeps its fitted knots
-            fit_quantile_norms(self.model, self._training_pass(dm, epoch=0), unfitted_only=True)
+        layers = quantile_norm_layers(self.model, unfitted_only=True)
+        if not layers:
+            return
+        if dm is None:
+            raise QegraphError(
+                f"{type(self.model).__name__} has QuantileNorm layers to fit on the training split: pass a "
+                "LightningDataModule to trainer.fit (e.g. qegraph.data.ZooDataModule), or fit them first with "
+                "qegraph.tasks.fit_quantile_norms(model, training_batches)")
+        fit_quantile_norms(self.model, self._training_pass(dm, epoch=0), unfitted_only=True)
+        if self.trainer.world_size > 1:  # identical data on every rank; rank 0's knots make it exact
+            for m in layers:
+                knots, constant = self.trainer.strategy.broadcast((m.knots.cpu(), m.constant.cpu()), src=0)
+                m.knots.copy_(knots)
+                m.constant.copy_(constant)
 
     def on_validation_epoch_start(self) -> None:
         """Models with BatchNorm layers: re-estimate their moments over the training split first, with
@@ -117,7 +133,7 @@ class GraphTask(L.LightningModule):
             return
         recompute_batchnorm_stats(self.model, self._training_pass(self.trainer.datamodule, self.current_epoch))
 
-    def _training_pass(self, dm: Any, epoch: int) -> Any:
+    def _training_pass(self, dm: Any, epoch: int) -> Iterator[Any]:
         """The training split in evaluation order, on the model's device, augmented as in training."""
         loader = dm.eval_train_dataloader() if hasattr(dm, "eval_train_dataloader") else dm.train_dataloader()
         augment_like_training = getattr(dm, "augment_like_training", None)

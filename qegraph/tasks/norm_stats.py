@@ -16,6 +16,7 @@ fits the same knots and, unlike BatchNorm moments, nothing differs between ranks
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from itertools import chain
 from typing import Any
 
@@ -76,17 +77,16 @@ def fit_quantile_norms(model: nn.Module, batches: Iterable[Any], prepare: Callab
     n = 0
     modes = [(m, m.training) for m in model.modules()]
     model.eval()  # no side effects (BatchNorm moments, dropout) while recording
-    for m in layers:
-        m.collect(True)
     try:
-        for batch in batches:
-            model(prepare(batch))
-            n += 1
-        for m in layers:
-            m.fit(m.collected())
+        with ExitStack() as stack:
+            for m in layers:
+                stack.enter_context(m.recording())
+            for batch in batches:
+                model(prepare(batch))
+                n += 1
+            for m in layers:
+                m.fit(m.collected())
     finally:
-        for m in layers:
-            m.collect(False)
         for m, training in modes:
             m.training = training
     return n
