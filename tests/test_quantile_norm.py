@@ -117,7 +117,9 @@ def test_fit_quantile_norms_records_the_statistics_and_restores_modes() -> None:
     assert fit_quantile_norms(model, graphs, unfitted_only=True) == 0  # already fitted: left alone
 
 
-@pytest.mark.parametrize("name", ["res_cnn", "tanh_mlp", "siren", "transformer", "bert", "cnn_zoo"])
+# attention graphs in the full suite (the fast loop keeps one of each other family)
+@pytest.mark.parametrize("name", ["res_cnn", "tanh_mlp", "siren", "cnn_zoo", pytest.param("transformer", marks=pytest.mark.slow),
+                                  pytest.param("bert", marks=pytest.mark.slow)])
 @torch.no_grad()
 def test_quasigmn_with_quantile_statistics_is_invariant(name: str) -> None:
     """Float64, relative ≤ 1e-10, scales up to 10^6 and GL gauges of condition 10^3; the model is fitted
@@ -163,7 +165,7 @@ def test_statnn_quantile_on_the_section_is_invariant_and_raw_is_not() -> None:
     assert _rel(raw(g), raw(el.act(g))) >= 1e-3  # raw statistics are not invariant
 
 
-@pytest.mark.parametrize("name", ["transformer", "bert", "res_cnn"])
+@pytest.mark.parametrize("name", ["res_cnn", "transformer", pytest.param("bert", marks=pytest.mark.slow)])
 @torch.no_grad()
 def test_fitted_on_group_transformed_copies_of_one_network(name: str) -> None:
     """Copies of one network under its group (scales up to 10^6, GL condition 10^3) have the same statistics
