@@ -213,3 +213,48 @@ def test_gradients_flow_inside_the_range_only() -> None:
     x = torch.tensor([[3.3], [-4.0], [12.0]], dtype=torch.float64, requires_grad=True)
     qn(x).sum().backward()
     assert torch.allclose(x.grad.squeeze(1), torch.tensor([2 / 10, 0.0, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.slow  # every family in one batch, BERT included (~1 s)
+@torch.no_grad()
+def test_mixed_batch_with_quantile_statistics_is_invariant_and_equal_to_single_graphs() -> None:
+    """A batch of every family (incl. BERT): invariant to one group element of the whole batch, and each
+    graph's output is its own — the map is per row, with nothing shared across the batch as BatchNorm's
+    training moments would be, in training mode too."""
+    names = list(GRAPHS)
+    noisy = [GRAPHS[n].with_features(edge_val=GRAPHS[n].edge_val * (1 + 0.05 * torch.randn(
+        GRAPHS[n].edge_val.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(i))))
+        for i, n in enumerate(names)]
+    torch.manual_seed(0)
+    model = QuasiGMN(out_dim=2, hidden_dim=16, num_layers=2, stats_transform="quantile").double()
+    fit_quantile_norms(model, [Batch.from_data_list(noisy), Batch.from_data_list([GRAPHS[n] for n in names])])
+    model.eval()
+    batch = Batch.from_data_list([GRAPHS[n] for n in names])
+    y = model(batch)
+    el = symmetry_group(batch).sample(generator=torch.Generator().manual_seed(3), scale_range=(1.0, 1e6), gl_cond=1e3)
+    assert _rel(y, model(el.act(batch))) <= 1e-10
+    model.readout.train()  # the statistics path has no batch moments
+    y_train = model(batch)
+    for i, n in enumerate(names):
+        assert torch.allclose(y[i], model.eval()(GRAPHS[n])[0], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(y_train, y, rtol=1e-12, atol=1e-14)
+
+
+@torch.no_grad()
+def test_statnn_quantile_state_round_trip_into_a_fresh_unsized_model() -> None:
+    """StatNN(quantile=True) sizes its QuantileNorm from the data; a fresh model takes the width, knots and
+    weights from the state dict and computes the same function."""
+    g = GRAPHS["relu_mlp"]
+    data = [g.with_features(edge_val=g.edge_val * (1 + 0.1 * torch.randn(g.edge_val.shape, dtype=torch.float64,
+                                                                         generator=torch.Generator().manual_seed(s))))
+            for s in range(8)]
+    torch.manual_seed(0)
+    model = StatNN(out_dim=2, quantile=True).double()
+    fit_quantile_norms(model, [Batch.from_data_list(data)])
+    model.eval()
+    fresh = StatNN(out_dim=2, quantile=True).double()
+    fresh.load_state_dict(model.state_dict())  # lazy head and unsized QuantileNorm take their shapes
+    fresh.eval()
+    batch = Batch.from_data_list(data[:3])
+    assert fresh.norm.num_features == model.norm.num_features and torch.equal(fresh.norm.knots, model.norm.knots)
+    assert torch.equal(fresh(batch), model(batch))

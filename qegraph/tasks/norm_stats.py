@@ -15,7 +15,7 @@ fits the same knots and, unlike BatchNorm moments, nothing differs between ranks
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import ExitStack
 from itertools import chain
 from typing import Any
@@ -34,16 +34,16 @@ def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
 
 
 @torch.no_grad()
-def recompute_batchnorm_stats(model: nn.Module, batches: Iterable[Any], prepare: Callable[[Any], Any] = lambda b: b) -> int:
-    """Set the running moments of every BatchNorm layer of ``model`` to the moments over ``batches``
-    (each passed through ``prepare`` first, e.g. a device transfer). Returns the number of batches."""
+def recompute_batchnorm_stats(model: nn.Module, batches: Iterable[Any]) -> int:
+    """Set the running moments of every BatchNorm layer of ``model`` to the moments over ``batches`` (ready
+    for the model: on its device, augmented as wanted). Returns the number of batches."""
     layers = batchnorm_layers(model)
     it = iter(batches)
     first = next(it, None)
     if not layers or first is None:
         return 0
     if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in layers):
-        model(prepare(first))  # size the lazy layers first
+        model(first)  # size the lazy layers first
     modes = [(m, m.training, m.momentum) for m in layers]
     for m in layers:
         m.reset_running_stats()
@@ -52,7 +52,7 @@ def recompute_batchnorm_stats(model: nn.Module, batches: Iterable[Any], prepare:
     n = 0
     try:
         for batch in chain([first], it):
-            model(prepare(batch))
+            model(batch)
             n += 1
     finally:
         for m, training, momentum in modes:
@@ -67,10 +67,9 @@ def quantile_norm_layers(model: nn.Module, unfitted_only: bool = False) -> list[
 
 
 @torch.no_grad()
-def fit_quantile_norms(model: nn.Module, batches: Iterable[Any], prepare: Callable[[Any], Any] = lambda b: b,
-                       unfitted_only: bool = False) -> int:
+def fit_quantile_norms(model: nn.Module, batches: Iterable[Any], unfitted_only: bool = False) -> int:
     """Fit every :class:`QuantileNorm` layer of ``model`` (only unfitted ones with ``unfitted_only``) to its
-    inputs over ``batches`` (each passed through ``prepare`` first). Returns the number of batches."""
+    inputs over ``batches`` (ready for the model). Returns the number of batches."""
     layers = quantile_norm_layers(model, unfitted_only)
     if not layers:
         return 0
@@ -82,7 +81,7 @@ def fit_quantile_norms(model: nn.Module, batches: Iterable[Any], prepare: Callab
             for m in layers:
                 stack.enter_context(m.recording())
             for batch in batches:
-                model(prepare(batch))
+                model(batch)
                 n += 1
             for m in layers:
                 m.fit(m.collected())
